@@ -1,0 +1,76 @@
+import { z } from 'zod';
+import { DEVICE_ID_PATTERN } from '../shared/topics.js';
+
+/**
+ * The agent's configuration file. One schema, strict (an unknown field is an
+ * error: a typo must not silently fall back to a default on a plant floor),
+ * with a default for every optional field. Validated once at start, then
+ * frozen; each subsystem receives only its slice.
+ */
+const b64urlKey = z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'expected a base64url ed25519 public key (43 characters)');
+const duration = z.number().int().positive();
+
+export const mqttSchema = z.strictObject({
+  /** mqtt://host:port, mqtts://host:port (TLS), ws:// or wss:// */
+  url: z.string().regex(/^(mqtts?|wss?):\/\/[^\s]+$/, 'expected an mqtt://, mqtts://, ws:// or wss:// URL'),
+  /** 'auto' tries MQTT 5 and falls back to 3.1.1 when the broker refuses it (aedes speaks only 3.1.1). */
+  protocol: z.enum(['auto', '3.1.1', '5']).default('auto'),
+  keepaliveSeconds: z.number().int().min(5).max(3600).default(30),
+  connectTimeoutMs: duration.default(10_000),
+  reconnect: z
+    .strictObject({
+      baseMs: duration.default(500),
+      capMs: duration.default(30_000),
+    })
+    .default({ baseMs: 500, capMs: 30_000 }),
+  username: z.string().optional(),
+  /** Path of a file holding the broker password (never the password itself in config). */
+  passwordFile: z.string().optional(),
+  tls: z
+    .strictObject({
+      caFile: z.string().optional(),
+      certFile: z.string().optional(),
+      keyFile: z.string().optional(),
+      rejectUnauthorized: z.boolean().default(true),
+    })
+    .optional(),
+});
+
+export const pluginEntrySchema = z.strictObject({
+  name: z.string().min(1),
+  enabled: z.boolean().default(true),
+  config: z.record(z.string(), z.unknown()).default({}),
+});
+
+export const agentConfigSchema = z.strictObject({
+  deviceId: z.string().regex(DEVICE_ID_PATTERN, 'expected 1-64 of [A-Za-z0-9._-], starting alphanumeric'),
+  /** Where keys and persistent state live (0700). */
+  stateDir: z.string().min(1),
+  controller: z.strictObject({
+    /** The controller's signing key. Until enrollment (identity issue) lands, pinned here. */
+    publicKey: b64urlKey,
+  }),
+  mqtt: mqttSchema,
+  state: z
+    .strictObject({
+      /** Re-publish the retained state this often even without change, so the controller sees liveness. */
+      heartbeatSeconds: z.number().int().min(5).max(86_400).default(300),
+    })
+    .default({ heartbeatSeconds: 300 }),
+  rpc: z
+    .strictObject({
+      timeoutMs: duration.default(10_000),
+    })
+    .default({ timeoutMs: 10_000 }),
+  log: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    })
+    .default({ level: 'info' }),
+  plugins: z.array(pluginEntrySchema).default([]),
+  shutdownTimeoutMs: duration.default(5_000),
+});
+
+export type AgentConfigInput = z.input<typeof agentConfigSchema>;
+export type AgentConfig = z.output<typeof agentConfigSchema>;
+export type MqttConfig = AgentConfig['mqtt'];

@@ -1,0 +1,95 @@
+/**
+ * Ward's error type. Every failure that crosses a module boundary is a
+ * WardError with a stable code `WARD_<AREA>_<WHAT>`: codes are part of the
+ * operator-facing contract (logs, audit events, CLI exit messages) and are
+ * never reused for a different meaning. `retryable` says whether trying the
+ * same thing again later can help (a dead broker: yes; a bad signature: no).
+ * Programmer misuse throws a plain TypeError instead.
+ */
+export type ErrorDetails = Readonly<Record<string, unknown>>;
+
+export interface WardErrorOptions {
+  readonly cause?: unknown;
+  readonly retryable?: boolean;
+  readonly details?: ErrorDetails;
+}
+
+export class WardError extends Error {
+  readonly code: WardErrorCode;
+  readonly retryable: boolean;
+  readonly details: ErrorDetails;
+
+  constructor(code: WardErrorCode, message: string, options: WardErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'WardError';
+    this.code = code;
+    this.retryable = options.retryable ?? false;
+    this.details = Object.freeze({ ...(options.details ?? {}) });
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { name: this.name, code: this.code, message: this.message, retryable: this.retryable, details: this.details };
+  }
+}
+
+/** The registry of codes. Add new ones at the end of their area; never rename or reuse one. */
+export const ErrorCodes = {
+  // configuration
+  CONFIG_NOT_FOUND: 'WARD_CONFIG_NOT_FOUND',
+  CONFIG_UNREADABLE: 'WARD_CONFIG_UNREADABLE',
+  CONFIG_SYNTAX: 'WARD_CONFIG_SYNTAX',
+  CONFIG_INVALID: 'WARD_CONFIG_INVALID',
+  // lifecycle
+  LIFECYCLE_INVALID_TRANSITION: 'WARD_LIFECYCLE_INVALID_TRANSITION',
+  // canonical JSON and signed envelopes
+  CANONICAL_UNSUPPORTED_VALUE: 'WARD_CANONICAL_UNSUPPORTED_VALUE',
+  ENVELOPE_TOO_LARGE: 'WARD_ENVELOPE_TOO_LARGE',
+  ENVELOPE_NOT_JSON: 'WARD_ENVELOPE_NOT_JSON',
+  ENVELOPE_MALFORMED: 'WARD_ENVELOPE_MALFORMED',
+  ENVELOPE_UNKNOWN_KEY: 'WARD_ENVELOPE_UNKNOWN_KEY',
+  ENVELOPE_BAD_SIGNATURE: 'WARD_ENVELOPE_BAD_SIGNATURE',
+  ENVELOPE_WRONG_TYPE: 'WARD_ENVELOPE_WRONG_TYPE',
+  ENVELOPE_EXPIRED: 'WARD_ENVELOPE_EXPIRED',
+  ENVELOPE_NOT_YET_VALID: 'WARD_ENVELOPE_NOT_YET_VALID',
+  ENVELOPE_REPLAYED: 'WARD_ENVELOPE_REPLAYED',
+  ENVELOPE_ROLLBACK: 'WARD_ENVELOPE_ROLLBACK',
+  ENVELOPE_WRONG_SUBJECT: 'WARD_ENVELOPE_WRONG_SUBJECT',
+  // keys
+  KEY_INVALID: 'WARD_KEY_INVALID',
+  KEY_UNREADABLE: 'WARD_KEY_UNREADABLE',
+  KEY_INSECURE_PERMISSIONS: 'WARD_KEY_INSECURE_PERMISSIONS',
+  // control link
+  LINK_NOT_CONNECTED: 'WARD_LINK_NOT_CONNECTED',
+  LINK_CONNECT_FAILED: 'WARD_LINK_CONNECT_FAILED',
+  LINK_PUBLISH_FAILED: 'WARD_LINK_PUBLISH_FAILED',
+  LINK_CLOSED: 'WARD_LINK_CLOSED',
+  RPC_TIMEOUT: 'WARD_RPC_TIMEOUT',
+  RPC_REMOTE_ERROR: 'WARD_RPC_REMOTE_ERROR',
+  RPC_UNKNOWN_METHOD: 'WARD_RPC_UNKNOWN_METHOD',
+  // plugins
+  PLUGIN_UNKNOWN: 'WARD_PLUGIN_UNKNOWN',
+  PLUGIN_API_MISMATCH: 'WARD_PLUGIN_API_MISMATCH',
+  PLUGIN_DEPENDENCY: 'WARD_PLUGIN_DEPENDENCY',
+  PLUGIN_CONFIG_INVALID: 'WARD_PLUGIN_CONFIG_INVALID',
+  PLUGIN_START_FAILED: 'WARD_PLUGIN_START_FAILED',
+  PLUGIN_TIMEOUT: 'WARD_PLUGIN_TIMEOUT',
+  // controller
+  CONTROLLER_STORE: 'WARD_CONTROLLER_STORE',
+  CONTROLLER_LISTEN_FAILED: 'WARD_CONTROLLER_LISTEN_FAILED',
+  CONTROLLER_DEVICE_UNKNOWN: 'WARD_CONTROLLER_DEVICE_UNKNOWN',
+  // state files
+  STATE_CORRUPT: 'WARD_STATE_CORRUPT',
+} as const;
+
+export type WardErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export function isWardError(err: unknown, code?: WardErrorCode): err is WardError {
+  return err instanceof WardError && (code === undefined || err.code === code);
+}
+
+/** A one-line, operator-readable description of any thrown value, without stack noise. */
+export function describeError(err: unknown): string {
+  if (err instanceof WardError) return `${err.code}: ${err.message}`;
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

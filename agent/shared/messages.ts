@@ -1,0 +1,77 @@
+import { z } from 'zod';
+import { ErrorCodes, WardError } from '../core/errors.js';
+import { LIFECYCLE_STATES } from '../core/lifecycle.js';
+import { DEVICE_ID_PATTERN } from './topics.js';
+
+/**
+ * Payload schemas of the control messages, checked after the envelope
+ * verified (so shape errors from unauthenticated senders never reach here).
+ * Objects are strict: an unknown field is an error, not something ignored.
+ */
+const common = {
+  iat: z.number().int(),
+  exp: z.number().int(),
+  nonce: z.string().optional(),
+  version: z.number().int().nonnegative().optional(),
+};
+
+const deviceId = z.string().regex(DEVICE_ID_PATTERN);
+
+export const STATE_TYPE = 'ward.state';
+export const RPC_REQUEST_TYPE = 'ward.rpc.req';
+export const RPC_RESPONSE_TYPE = 'ward.rpc.res';
+
+export const statePayload = z.strictObject({
+  ...common,
+  typ: z.literal(STATE_TYPE),
+  sub: deviceId,
+  version: z.number().int().nonnegative(),
+  online: z.boolean(),
+  /** Why the device went offline: 'lwt' (broker-published will), 'shutdown' (clean stop). */
+  cause: z.enum(['lwt', 'shutdown']).optional(),
+  /** Random per connection; an LWT is honoured only for the session it was registered with. */
+  session: z.string().min(8).max(64),
+  lifecycle: z.enum(LIFECYCLE_STATES),
+  agentVersion: z.string().max(64),
+  protocol: z.enum(['3.1.1', '5']),
+  plugins: z.array(z.string().max(64)).max(64),
+  startedAt: z.number().int(),
+});
+export type StatePayload = z.infer<typeof statePayload>;
+
+export const rpcRequestPayload = z.strictObject({
+  ...common,
+  typ: z.literal(RPC_REQUEST_TYPE),
+  sub: deviceId,
+  nonce: z.string(),
+  method: z.string().regex(/^[a-z][a-z0-9.-]{0,63}$/),
+  params: z.record(z.string(), z.unknown()),
+  replyTo: z.string().max(256),
+  corr: z.string().min(8).max(64),
+});
+export type RpcRequestPayload = z.infer<typeof rpcRequestPayload>;
+
+export const rpcResponsePayload = z.strictObject({
+  ...common,
+  typ: z.literal(RPC_RESPONSE_TYPE),
+  sub: deviceId,
+  nonce: z.string(),
+  corr: z.string().min(8).max(64),
+  ok: z.boolean(),
+  result: z.unknown().optional(),
+  error: z.strictObject({ code: z.string(), message: z.string() }).optional(),
+});
+export type RpcResponsePayload = z.infer<typeof rpcResponsePayload>;
+
+/** Validates a verified payload against its schema; the error names the offending field. */
+export function decodePayload<S extends z.ZodType>(schema: S, payload: unknown): z.infer<S> {
+  const result = schema.safeParse(payload);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const where = issue?.path.length ? issue.path.join('.') : '(payload)';
+    throw new WardError(ErrorCodes.ENVELOPE_MALFORMED, `payload field ${where}: ${issue?.message ?? 'invalid'}`, {
+      details: { field: where },
+    });
+  }
+  return result.data;
+}

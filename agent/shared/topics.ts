@@ -1,0 +1,54 @@
+/**
+ * The topic tree of DESIGN.md §4. Every device topic sits under
+ * `ward/v1/<deviceId>/`, so a broker ACL of `ward/v1/%u/#` confines a device
+ * to its own subtree. Device ids are restricted to characters that cannot
+ * form MQTT wildcards or levels ([MQTT-4.7.1-1]: '+' and '#' are wildcards;
+ * '/' separates levels), nor '$' which marks broker topics.
+ */
+export const TOPIC_ROOT = 'ward/v1';
+export const DEVICE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export function isDeviceId(id: string): boolean {
+  return DEVICE_ID_PATTERN.test(id);
+}
+
+export function assertDeviceId(id: string): string {
+  if (!isDeviceId(id)) throw new TypeError(`invalid device id ${JSON.stringify(id)}: 1-64 of [A-Za-z0-9._-], starting alphanumeric`);
+  return id;
+}
+
+export const topics = {
+  state: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/state`,
+  cmd: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/cmd`,
+  /** Replies go back under the *device's* tree (its ACL allows nothing else), tagged with the asking replica. */
+  reply: (deviceId: string, replicaId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/reply/${assertDeviceId(replicaId)}`,
+} as const;
+
+/** Subscription filters the controller uses (single-level wildcard for the device id). */
+export const filters = {
+  allStates: `${TOPIC_ROOT}/+/state`,
+  repliesFor: (replicaId: string) => `${TOPIC_ROOT}/+/reply/${assertDeviceId(replicaId)}`,
+} as const;
+
+/** Shared subscription per MQTT 5 §4.8.2 (Mosquitto also honours it for 3.1.1 clients). */
+export function sharedFilter(group: string, filter: string): string {
+  return `$share/${group}/${filter}`;
+}
+
+export interface ParsedTopic {
+  readonly deviceId: string;
+  readonly suffix: string;
+}
+
+/** Splits `ward/v1/<id>/<suffix…>`; undefined for anything else, including a malformed id. */
+export function parseDeviceTopic(topic: string): ParsedTopic | undefined {
+  const prefix = `${TOPIC_ROOT}/`;
+  if (!topic.startsWith(prefix)) return undefined;
+  const rest = topic.slice(prefix.length);
+  const slash = rest.indexOf('/');
+  if (slash <= 0) return undefined;
+  const deviceId = rest.slice(0, slash);
+  const suffix = rest.slice(slash + 1);
+  if (!isDeviceId(deviceId) || suffix.length === 0) return undefined;
+  return { deviceId, suffix };
+}

@@ -1,0 +1,52 @@
+import { z } from 'zod';
+import { DEVICE_ID_PATTERN } from '../agent/shared/topics.js';
+
+/**
+ * The controller's configuration file. Either an embedded broker (aedes,
+ * the one-machine default) or the URL of an external one (Mosquitto, EMQX,
+ * …); with an external broker, replicas share device traffic through the
+ * `$share/<sharedGroup>/…` subscriptions.
+ */
+const port = z.number().int().min(0).max(65_535);
+
+export const controllerConfigSchema = z.strictObject({
+  stateDir: z.string().min(1),
+  /** Distinguishes replicas (reply topics, client ids). Default: hostname-pid. */
+  replicaId: z.string().regex(DEVICE_ID_PATTERN).optional(),
+  broker: z
+    .strictObject({
+      embedded: z
+        .strictObject({
+          host: z.string().default('127.0.0.1'),
+          tcpPort: port.default(1883),
+          /** WebSocket listener (MQTT over ws://host:port/mqtt); null disables it. */
+          wsPort: port.nullable().default(8083),
+        })
+        .optional(),
+      url: z
+        .string()
+        .regex(/^(mqtts?|wss?):\/\/\S+$/)
+        .optional(),
+      username: z.string().optional(),
+      passwordFile: z.string().optional(),
+      /** Shared-subscription group for replicas; null subscribes plainly (one controller). */
+      sharedGroup: z.string().regex(/^[A-Za-z0-9_-]+$/).nullable().default('ward-controller'),
+    })
+    .refine((b) => (b.embedded === undefined) !== (b.url === undefined), { message: 'set exactly one of broker.embedded or broker.url' })
+    .default({ embedded: { host: '127.0.0.1', tcpPort: 1883, wsPort: 8083 }, sharedGroup: 'ward-controller' }),
+  api: z
+    .strictObject({
+      host: z.string().default('127.0.0.1'),
+      port: port.default(8080),
+    })
+    .default({ host: '127.0.0.1', port: 8080 }),
+  /** Device keys accepted until enrollment (identity issue) registers them. */
+  devices: z.array(z.strictObject({ id: z.string().regex(DEVICE_ID_PATTERN), publicKey: z.string().regex(/^[A-Za-z0-9_-]{43}$/) })).default([]),
+  rpc: z.strictObject({ timeoutMs: z.number().int().positive().default(10_000) }).default({ timeoutMs: 10_000 }),
+  log: z
+    .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+    .default({ level: 'info' }),
+});
+
+export type ControllerConfigInput = z.input<typeof controllerConfigSchema>;
+export type ControllerConfig = z.output<typeof controllerConfigSchema>;

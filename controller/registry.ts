@@ -1,0 +1,163 @@
+import type { Clock } from '../agent/core/clock.js';
+import { ErrorCodes, WardError, describeError } from '../agent/core/errors.js';
+import { EnvelopeVerifier, type KeyResolver, MemoryReplayCache, MemoryVersionLedger } from '../agent/shared/envelope.js';
+import { keyIdOf, publicKeyFromRaw } from '../agent/shared/keys.js';
+import { decodePayload, STATE_TYPE, statePayload } from '../agent/shared/messages.js';
+import { parseDeviceTopic } from '../agent/shared/topics.js';
+import type { DeviceRecord, DeviceStore } from './store.js';
+
+/**
+ * The controller's view of its devices: which keys it trusts, and each
+ * device's last authenticated state. Every inbound device message passes the
+ * envelope verifier with the device's own key before it can change a record;
+ * refusals are counted by error code (and become audit events with the audit
+ * issue). Handling is serialised per controller so version checks and store
+ * writes happen in arrival order.
+ */
+export type StateOutcome = 'applied' | 'stale-lwt' | 'duplicate' | 'rejected';
+
+export interface StateEvent {
+  readonly deviceId: string;
+  readonly outcome: StateOutcome;
+  readonly code?: string;
+}
+
+export class DeviceRegistry {
+  readonly #byKid = new Map<string, { id: string; publicKey: ReturnType<typeof publicKeyFromRaw> }>();
+  readonly #rejections = new Map<string, number>();
+  readonly #listeners = new Set<(e: StateEvent) => void>();
+  readonly #verifier: EnvelopeVerifier;
+  /** Versions last accepted per stream, seeded from the store so a restart does not reopen replays. */
+  readonly #ledger = new MemoryVersionLedger();
+  #queue: Promise<unknown> = Promise.resolve();
+  #handled = 0;
+
+  private constructor(
+    private readonly store: DeviceStore,
+    private readonly clock: Clock,
+    private readonly log: { warn: (o: object, m?: string) => void; info: (o: object, m?: string) => void },
+  ) {
+    const keys: KeyResolver = (kid) => {
+      const entry = this.#byKid.get(kid);
+      return entry ? { publicKey: entry.publicKey, principal: entry.id } : undefined;
+    };
+    this.#verifier = new EnvelopeVerifier({ keys, clock, replay: new MemoryReplayCache(), versions: this.#ledger });
+  }
+
+  static async open(options: {
+    store: DeviceStore;
+    clock: Clock;
+    devices: readonly { id: string; publicKey: string }[];
+    log: { warn: (o: object, m?: string) => void; info: (o: object, m?: string) => void };
+  }): Promise<DeviceRegistry> {
+    const registry = new DeviceRegistry(options.store, options.clock, options.log);
+    for (const d of options.devices) await registry.register(d.id, d.publicKey);
+    for (const record of await options.store.list()) registry.#trust(record);
+    return registry;
+  }
+
+  get verifier(): EnvelopeVerifier {
+    return this.#verifier;
+  }
+
+  /** Messages handled (any outcome), for diagnostics and the replica test. */
+  get handledCount(): number {
+    return this.#handled;
+  }
+
+  rejections(): Record<string, number> {
+    return Object.fromEntries(this.#rejections);
+  }
+
+  onState(listener: (e: StateEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Trusts a device key (pre-registration until enrollment exists). Keeps any known state. */
+  async register(id: string, publicKey: string): Promise<DeviceRecord> {
+    const kid = keyIdOf(publicKey);
+    const existing = await this.store.get(id);
+    const record: DeviceRecord =
+      existing && existing.publicKey === publicKey
+        ? existing
+        : { id, publicKey, kid, registeredAt: Math.floor(this.clock.now() / 1000), online: false };
+    if (record !== existing) await this.store.put(record);
+    this.#trust(record);
+    return record;
+  }
+
+  async list(): Promise<DeviceRecord[]> {
+    return this.store.list();
+  }
+
+  async get(id: string): Promise<DeviceRecord | undefined> {
+    return this.store.get(id);
+  }
+
+  /** Feeds one message from `ward/v1/+/state`. Never throws: outcomes are returned and counted. */
+  handleState(topic: string, payload: Buffer, retained: boolean): Promise<StateEvent> {
+    const run = this.#queue.then(() => this.#handleState(topic, payload, retained));
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #handleState(topic: string, payload: Buffer, retained: boolean): Promise<StateEvent> {
+    this.#handled++;
+    const parsed = parseDeviceTopic(topic);
+    const deviceId = parsed?.deviceId ?? '(invalid)';
+    let event: StateEvent;
+    try {
+      if (parsed === undefined || parsed.suffix !== 'state') throw new WardError(ErrorCodes.ENVELOPE_MALFORMED, `not a device state topic: ${topic}`);
+      const verified = this.#verifier.verify(payload, {
+        typ: STATE_TYPE,
+        principal: deviceId,
+        subject: deviceId,
+        stream: (p) => `${deviceId}/state${p.cause === 'lwt' ? '/lwt' : ''}`,
+      });
+      const state = decodePayload(statePayload, verified.payload);
+      const record = await this.store.get(deviceId);
+      if (record === undefined) throw new WardError(ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, `device ${deviceId} has no record`);
+      if (state.cause === 'lwt' && record.session !== undefined && record.session !== state.session) {
+        // A Will from an older connection reaching us after the device reconnected: the device is not offline.
+        event = { deviceId, outcome: 'stale-lwt' };
+      } else {
+        const next: DeviceRecord = {
+          ...record,
+          online: state.online,
+          lifecycle: state.lifecycle,
+          session: state.session,
+          ...(state.cause === 'lwt' ? { lwtVersion: state.version } : { stateVersion: state.version }),
+          lastSeen: Math.floor(this.clock.now() / 1000),
+          agentVersion: state.agentVersion,
+          protocol: state.protocol,
+          plugins: state.plugins,
+          ...(state.online ? {} : { offlineCause: state.cause ?? 'reported' }),
+        };
+        if (state.online) delete (next as { offlineCause?: string }).offlineCause;
+        await this.store.put(next);
+        if (record.online !== next.online) this.log.info({ deviceId, online: next.online, cause: state.cause }, 'device state changed');
+        event = { deviceId, outcome: 'applied' };
+      }
+    } catch (err) {
+      const code = err instanceof WardError ? err.code : 'WARD_UNEXPECTED';
+      const details = err instanceof WardError ? err.details : {};
+      if (retained && code === ErrorCodes.ENVELOPE_ROLLBACK && details.version === details.last) {
+        // The retained copy of a state we already applied before a restart.
+        event = { deviceId, outcome: 'duplicate' };
+      } else {
+        this.#rejections.set(code, (this.#rejections.get(code) ?? 0) + 1);
+        this.log.warn({ deviceId, topic, code, err: describeError(err) }, 'device message refused');
+        event = { deviceId, outcome: 'rejected', code };
+      }
+    }
+    for (const listener of this.#listeners) listener(event);
+    return event;
+  }
+
+  #trust(record: DeviceRecord): void {
+    this.#byKid.set(record.kid, { id: record.id, publicKey: publicKeyFromRaw(record.publicKey) });
+    if (record.stateVersion !== undefined) this.#ledger.accept(`${record.id}/state`, record.stateVersion);
+    if (record.lwtVersion !== undefined) this.#ledger.accept(`${record.id}/state/lwt`, record.lwtVersion);
+  }
+}
