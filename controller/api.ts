@@ -13,6 +13,7 @@ export interface ApiBackend {
   listDevices(): Promise<DeviceRecord[]>;
   getDevice(id: string): Promise<DeviceRecord | undefined>;
   callDevice(id: string, method: string): Promise<unknown>;
+  now(): number;
 }
 
 type Handler = (req: IncomingMessage, params: string[]) => Promise<[number, unknown]>;
@@ -20,13 +21,13 @@ type Handler = (req: IncomingMessage, params: string[]) => Promise<[number, unkn
 export function createApiServer(backend: ApiBackend): Server {
   const routes: { method: string; pattern: RegExp; handler: Handler }[] = [
     { method: 'GET', pattern: /^\/api\/health$/, handler: async () => [200, await backend.health()] },
-    { method: 'GET', pattern: /^\/api\/devices$/, handler: async () => [200, { devices: (await backend.listDevices()).map(publicView) }] },
+    { method: 'GET', pattern: /^\/api\/devices$/, handler: async () => [200, { devices: (await backend.listDevices()).map((d) => publicView(d, backend.now())) }] },
     {
       method: 'GET',
       pattern: /^\/api\/devices\/([^/]+)$/,
       handler: async (_req, [id]) => {
         const device = isDeviceId(id ?? '') ? await backend.getDevice(id as string) : undefined;
-        return device ? [200, publicView(device)] : [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no device ${id}` } }];
+        return device ? [200, publicView(device, backend.now())] : [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no device ${id}` } }];
       },
     },
     {
@@ -68,11 +69,14 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-function publicView(d: DeviceRecord): Record<string, unknown> {
+/** Liveness: a device that said "online" but has been silent for 3 heartbeats is reported stale, not online. */
+function publicView(d: DeviceRecord, nowMs: number): Record<string, unknown> {
+  const stale = d.online && d.lastSeen !== undefined && d.heartbeatSeconds !== undefined && nowMs / 1000 - d.lastSeen > 3 * d.heartbeatSeconds;
   return {
     id: d.id,
     kid: d.kid,
-    online: d.online,
+    online: d.online && !stale,
+    stale,
     lifecycle: d.lifecycle ?? null,
     lastSeen: d.lastSeen !== undefined ? new Date(d.lastSeen * 1000).toISOString() : null,
     agentVersion: d.agentVersion ?? null,

@@ -73,6 +73,8 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
 
     let broker: EmbeddedBroker | undefined;
     if (config.broker.embedded) {
+      const reset = await registry.markAllOffline('broker-restart');
+      if (reset > 0) log.info({ devices: reset }, 'embedded broker starting: devices marked offline until they reconnect');
       broker = await startEmbeddedBroker(config.broker.embedded);
       cleanup.push(() => (broker as EmbeddedBroker).close());
       log.info({ mqtt: broker.url, wsPort: broker.wsPort }, 'embedded MQTT broker listening');
@@ -136,6 +138,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       },
       listDevices: () => registry.list(),
       getDevice: (id) => registry.get(id),
+      now: () => clock.now(),
       callDevice: (id, method) => (rpc as RpcClient).call(id, method),
     });
     const apiPort = await listen(server, config.api.host, config.api.port, 'HTTP API');

@@ -56,6 +56,21 @@ export class DeviceRegistry {
     return registry;
   }
 
+  /**
+   * Marks every device offline with `cause`. Used when the controller's own
+   * embedded broker (re)starts: every connection to it is gone, so a stored
+   * "online" is known to be false until the device says otherwise.
+   */
+  async markAllOffline(cause: string): Promise<number> {
+    let changed = 0;
+    for (const record of await this.store.list()) {
+      if (!record.online) continue;
+      await this.store.put({ ...record, online: false, offlineCause: cause });
+      changed++;
+    }
+    return changed;
+  }
+
   get verifier(): EnvelopeVerifier {
     return this.#verifier;
   }
@@ -129,6 +144,7 @@ export class DeviceRegistry {
           session: state.session,
           ...(state.cause === 'lwt' ? { lwtVersion: state.version } : { stateVersion: state.version }),
           lastSeen: Math.floor(this.clock.now() / 1000),
+          heartbeatSeconds: state.heartbeatSeconds,
           agentVersion: state.agentVersion,
           protocol: state.protocol,
           plugins: state.plugins,

@@ -18,6 +18,8 @@ export interface DeviceRecord {
   readonly stateVersion?: number;
   readonly lwtVersion?: number;
   readonly lastSeen?: number;
+  /** The device's announced heartbeat; no state for 3 heartbeats makes it stale. */
+  readonly heartbeatSeconds?: number;
   readonly agentVersion?: string;
   readonly protocol?: string;
   readonly plugins?: readonly string[];

@@ -164,6 +164,7 @@ export class ControlLink {
       protocol: this.#session?.protocol ?? '3.1.1',
       plugins: [...snap.plugins],
       startedAt: this.#startedAt,
+      heartbeatSeconds: this.deps.heartbeatSeconds,
     } satisfies Omit<StatePayload, 'iat' | 'exp' | 'version' | 'nonce'>;
   }
 }

@@ -36,6 +36,8 @@ export const statePayload = z.strictObject({
   protocol: z.enum(['3.1.1', '5']),
   plugins: z.array(z.string().max(64)).max(64),
   startedAt: z.number().int(),
+  /** How often the device re-publishes state: the controller's liveness deadline derives from it. */
+  heartbeatSeconds: z.number().int().positive(),
 });
 export type StatePayload = z.infer<typeof statePayload>;
 

@@ -1,0 +1,87 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort, waitFor } from './net.js';
+
+/**
+ * A real Mosquitto broker on a free loopback port, with a generated config,
+ * for integration tests. stop() is idempotent; restart() keeps the port so
+ * clients can reconnect by themselves. Requires the Debian `mosquitto`
+ * package (.ci/run installs it); MOSQUITTO_BIN overrides the path.
+ */
+export interface Mosquitto {
+  readonly port: number;
+  readonly url: string;
+  readonly output: () => string;
+  restart(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export function mosquittoBinary(): string | undefined {
+  const candidates = [process.env.MOSQUITTO_BIN, '/usr/sbin/mosquitto', '/usr/bin/mosquitto'].filter(Boolean) as string[];
+  for (const c of candidates) if (spawnSync(c, ['-h']).error === undefined) return c;
+  return undefined;
+}
+
+export async function startMosquitto(options: { extraConfig?: string } = {}): Promise<Mosquitto> {
+  const bin = mosquittoBinary();
+  if (bin === undefined) throw new Error('mosquitto is not installed: run scripts/setup.sh (Debian package "mosquitto")');
+  const dir = await mkdtemp(join(tmpdir(), 'ward-mosquitto-'));
+  await chmod(dir, 0o755);
+  const port = await freePort();
+  const conf = join(dir, 'mosquitto.conf');
+  await writeFile(
+    conf,
+    [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'log_dest stdout', 'log_type error', 'log_type warning', 'log_type notice', options.extraConfig ?? ''].join('\n'),
+  );
+  let child: ChildProcess | undefined;
+  let out = '';
+  const launch = async () => {
+    const proc = spawn(bin, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child = proc;
+    proc.stdout?.on('data', (d) => {
+      out += d;
+    });
+    proc.stderr?.on('data', (d) => {
+      out += d;
+    });
+    await waitFor(`mosquitto listening on ${port}`, () => (proc.exitCode !== null ? Promise.reject(new Error(`mosquitto exited: ${out}`)) : canConnect(port)), 10_000, 50);
+  };
+  const halt = async () => {
+    const proc = child;
+    child = undefined;
+    if (proc === undefined || proc.exitCode !== null) return;
+    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+    proc.kill('SIGTERM');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(timer);
+  };
+  await launch();
+  return {
+    port,
+    url: `mqtt://127.0.0.1:${port}`,
+    output: () => out,
+    async restart() {
+      await halt();
+      await launch();
+    },
+    async stop() {
+      await halt();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
