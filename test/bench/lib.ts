@@ -22,34 +22,44 @@ export interface BenchResult {
 export type Bench = () => Promise<BenchResult>;
 
 export interface Rate {
+  /** Calls timed, over all rounds. */
   readonly iterations: number;
-  readonly ms: number;
+  /** Best round's rate: the least disturbed by other work on the machine. */
   readonly perSecond: number;
+  /** Median round's rate. */
+  readonly medianPerSecond: number;
 }
 
 /**
  * Runs `fn` for about `warmupMs` untimed (JIT warm-up: tweetnacl needs ~1 s
- * to reach full speed), then timed for about `budgetMs`, checking the clock
- * every 16 calls; at most `maxIterations` calls in each phase.
+ * to reach full speed), then `rounds` timed rounds sharing `budgetMs`,
+ * checking the clock after every call (~50 ns, noise next to a signature); at most `maxIterations` calls per round.
  */
-export function rate(fn: (i: number) => void, options: { budgetMs?: number; warmupMs?: number; maxIterations?: number } = {}): Rate {
+export function rate(
+  fn: (i: number) => void,
+  options: { budgetMs?: number; warmupMs?: number; rounds?: number; maxIterations?: number } = {},
+): Rate {
   const budgetMs = options.budgetMs ?? 1500;
-  const warmupMs = options.warmupMs ?? 250;
+  const rounds = options.rounds ?? 5;
   const maxIterations = options.maxIterations ?? 1_000_000;
-  const loop = (ms: number): Rate => {
+  let i = 0;
+  const loop = (ms: number): { n: number; perSecond: number } => {
     let n = 0;
     const start = performance.now();
-    let now = start;
-    while (n < maxIterations && now - start < ms) {
-      fn(n);
+    while (n < maxIterations && performance.now() - start < ms) {
+      fn(i++);
       n++;
-      if ((n & 15) === 0 || n < 16) now = performance.now();
     }
-    const elapsed = performance.now() - start;
-    return { iterations: n, ms: elapsed, perSecond: (n * 1000) / elapsed };
+    return { n, perSecond: (n * 1000) / (performance.now() - start) };
   };
-  loop(warmupMs);
-  return loop(budgetMs);
+  loop(options.warmupMs ?? 250);
+  const results = Array.from({ length: rounds }, () => loop(budgetMs / rounds));
+  const rates = results.map((r) => r.perSecond).sort((a, b) => a - b);
+  return {
+    iterations: results.reduce((sum, r) => sum + r.n, 0),
+    perSecond: rates[rates.length - 1] as number,
+    medianPerSecond: rates[Math.floor(rates.length / 2)] as number,
+  };
 }
 
 /** Resident set size (VmRSS) and its peak (VmHWM) of a live process in KiB, from /proc/<pid>/status (Linux). */

@@ -111,6 +111,8 @@ export interface ApiDevice {
   online: boolean;
   lifecycle: string | null;
   offlineCause?: string;
+  lastSeen: string | null;
+  stale: boolean;
   protocol: string | null;
   plugins: string[];
 }
@@ -118,4 +120,32 @@ export interface ApiDevice {
 export async function apiDevice(controller: Controller, id: string): Promise<ApiDevice | undefined> {
   const { body } = await getJson<{ devices: ApiDevice[] }>(`${controller.apiUrl}/api/devices`);
   return body.devices.find((d) => d.id === id);
+}
+
+/**
+ * Resolves on the next state message from `id` that the controller applies and
+ * after which `predicate(record)` holds. Arm it *before* triggering the change.
+ */
+export function nextAppliedState(
+  controller: Controller,
+  id: string,
+  predicate: (record: { online: boolean; offlineCause?: string }) => boolean,
+  timeoutMs = 30_000,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for a state from ${id}`));
+    }, timeoutMs);
+    const off = controller.registry.onState((e) => {
+      if (e.deviceId !== id || e.outcome !== 'applied') return;
+      void controller.registry.get(id).then((record) => {
+        if (record && predicate(record)) {
+          clearTimeout(timer);
+          off();
+          resolve();
+        }
+      });
+    });
+  });
 }

@@ -1,0 +1,63 @@
+import test from 'ava';
+import { startMosquitto } from '../helpers/mosquitto.js';
+import { waitFor } from '../helpers/net.js';
+import { apiDevice, getJson, makeDevice, nextAppliedState, spawnWard, startTestController, writeAgentConfig } from '../helpers/stack.js';
+
+// Real components: Mosquitto (Debian package) on a free loopback port, the controller in this
+// process connected to it as an external broker, and the agent as a separate process.
+
+test('over Mosquitto: online with MQTT 5, LWT on kill -9, reconnect after a broker restart, clean SIGTERM', async (t) => {
+  const broker = await startMosquitto();
+  t.teardown(() => broker.stop());
+  const device = await makeDevice(t, 'gw-mosq-1');
+  const controller = await startTestController(t, { devices: [device], brokerUrl: broker.url, sharedGroup: null });
+  const config = await writeAgentConfig(device, controller, broker.url);
+
+  const first = spawnWard(t, ['agent', 'run', '-c', config]);
+  const online = await waitFor('agent online via mosquitto', async () => {
+    const d = await apiDevice(controller, device.id);
+    return d?.online ? d : undefined;
+  });
+  t.is(online.protocol, '5', 'Mosquitto speaks MQTT 5, so the agent uses it');
+
+  first.child.kill('SIGKILL');
+  const dead = await waitFor('LWT after kill -9', async () => {
+    const d = await apiDevice(controller, device.id);
+    return d && !d.online ? d : undefined;
+  });
+  t.is(dead.offlineCause, 'lwt');
+
+  const second = spawnWard(t, ['agent', 'run', '-c', config]);
+  await waitFor('agent online again', async () => (await apiDevice(controller, device.id))?.online);
+
+  // Both the agent and the controller reconnect by themselves; the agent re-publishes its state,
+  // which the controller can only receive once it is back on the broker too.
+  const republished = nextAppliedState(controller, device.id, (d) => d.online);
+  await broker.restart();
+  await republished;
+  const ping = await getJson<{ result: { pong: boolean } }>(`${controller.apiUrl}/api/devices/${device.id}/ping`, { method: 'POST' });
+  t.true(ping.body.result.pong, 'request/response works over the new connections');
+
+  second.child.kill('SIGTERM');
+  t.is(await second.exited, 0);
+  const stopped = await waitFor('clean shutdown reported', async () => {
+    const d = await apiDevice(controller, device.id);
+    return d && !d.online ? d : undefined;
+  });
+  t.is(stopped.offlineCause, 'shutdown');
+});
+
+test('a restarted controller (non-shared) reads the retained state from Mosquitto', async (t) => {
+  const broker = await startMosquitto();
+  t.teardown(() => broker.stop());
+  const device = await makeDevice(t, 'gw-mosq-2');
+  const seed = await startTestController(t, { devices: [device], brokerUrl: broker.url, sharedGroup: null });
+  const config = await writeAgentConfig(device, seed, broker.url);
+  spawnWard(t, ['agent', 'run', '-c', config]);
+  await waitFor('agent online', async () => (await apiDevice(seed, device.id))?.online);
+  await seed.close();
+  // A fresh controller with an empty store learns the device's state from the retained message alone.
+  const fresh = await startTestController(t, { devices: [device], brokerUrl: broker.url, sharedGroup: null });
+  await waitFor('retained state seen by a fresh controller', async () => (await apiDevice(fresh, device.id))?.online);
+  t.pass();
+});
