@@ -33,7 +33,8 @@ export interface Rate {
 /**
  * Runs `fn` for about `warmupMs` untimed (JIT warm-up: tweetnacl needs ~1 s
  * to reach full speed), then `rounds` timed rounds sharing `budgetMs`,
- * checking the clock after every call (~50 ns, noise next to a signature); at most `maxIterations` calls per round.
+ * reading the clock after every call (~50 ns, noise next to a signature);
+ * at most `maxIterations` calls per round.
  */
 export function rate(
   fn: (i: number) => void,

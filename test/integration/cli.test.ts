@@ -1,0 +1,82 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import test from 'ava';
+import { freePort, waitFor } from '../helpers/net.js';
+import { getJson, spawnWard } from '../helpers/stack.js';
+import { tempDir } from '../helpers/tmp.js';
+
+// The real `ward` entry point in its own process: exit codes and messages a person can act on.
+
+test('ward --version prints the version and exits 0', async (t) => {
+  const p = spawnWard(t, ['--version']);
+  t.is(await p.exited, 0);
+  t.is(p.output().trim(), '0.1.0');
+});
+
+test('ward --help lists the commands', async (t) => {
+  const p = spawnWard(t, ['--help']);
+  t.is(await p.exited, 0);
+  for (const cmd of ['agent', 'controller', 'dev']) t.regex(p.output(), new RegExp(`\\b${cmd}\\b`));
+});
+
+test('usage errors exit 2 with a hint', async (t) => {
+  const unknown = spawnWard(t, ['frobnicate']);
+  t.is(await unknown.exited, 2);
+  t.regex(unknown.output(), /unknown command 'frobnicate'/);
+  const missing = spawnWard(t, ['agent', 'run']);
+  t.is(await missing.exited, 2);
+  t.regex(missing.output(), /--config <file>/);
+});
+
+test('a missing config file exits 78 naming the file', async (t) => {
+  const p = spawnWard(t, ['agent', 'run', '-c', '/nonexistent/ward/agent.yaml']);
+  t.is(await p.exited, 78);
+  t.regex(p.output(), /WARD_CONFIG_NOT_FOUND: config file \/nonexistent\/ward\/agent\.yaml does not exist/);
+});
+
+test('an invalid config exits 78 naming the file and each bad field', async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, 'agent.yaml');
+  await writeFile(file, `deviceId: gw-1\nstateDir: ${dir}\ncontroller: { publicKey: short }\nmqtt: { url: mqtt://127.0.0.1:1, keepalive: 5 }\n`);
+  const p = spawnWard(t, ['agent', 'run', '-c', file]);
+  t.is(await p.exited, 78);
+  t.regex(p.output(), /WARD_CONFIG_INVALID/);
+  t.regex(p.output(), new RegExp(file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')));
+  t.regex(p.output(), /controller\.publicKey/);
+  t.regex(p.output(), /mqtt\.keepalive: unknown field/);
+});
+
+test('ward dev brings up controller + broker + agent, shows it online, and stops cleanly on Ctrl-C', async (t) => {
+  const dir = await tempDir(t);
+  const [mqttPort, wsPort, apiPort] = [await freePort(), await freePort(), await freePort()];
+  const p = spawnWard(t, ['dev', '--dir', dir, '--mqtt-port', String(mqttPort), '--ws-port', String(wsPort), '--api-port', String(apiPort), '--log-level', 'warn']);
+  const api = `http://127.0.0.1:${apiPort}`;
+  const device = await waitFor(
+    'dev agent online',
+    async () => {
+      const { body } = await getJson<{ devices: { id: string; online: boolean; plugins: string[] }[] }>(`${api}/api/devices`);
+      return body.devices.find((d) => d.online);
+    },
+    30_000,
+    250,
+  );
+  t.is(device.id, 'dev-gw-1');
+  t.deepEqual(device.plugins, ['sim']);
+  await waitFor('banner printed', () => p.output().includes('Press Ctrl-C to stop.'));
+  t.regex(p.output(), new RegExp(`curl ${api}/api/devices`));
+  p.child.kill('SIGINT');
+  t.is(await p.exited, 0);
+  t.regex(p.output(), /Ward dev stack stopped\./);
+});
+
+test('ward dev says which port is taken instead of crashing obscurely', async (t) => {
+  const { createServer } = await import('node:net');
+  const blocker = createServer();
+  await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => blocker.close());
+  const taken = (blocker.address() as { port: number }).port;
+  const dir = await tempDir(t);
+  const p = spawnWard(t, ['dev', '--dir', dir, '--mqtt-port', String(taken), '--ws-port', '0', '--api-port', '0', '--log-level', 'silent']);
+  t.is(await p.exited, 1);
+  t.regex(p.output(), new RegExp(`WARD_CONTROLLER_LISTEN_FAILED: MQTT port 127.0.0.1:${taken} is already in use`));
+});
