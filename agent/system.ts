@@ -9,10 +9,10 @@ import { loadOrCreateSigningKey } from './identity/keystore.js';
 import type { Logger } from './log.js';
 import { PluginHost } from './plugins/host.js';
 import { EnvelopeVerifier, MemoryReplayCache } from './shared/envelope.js';
-import { publicKeyFromRaw, keyIdOf, type SigningKey } from './shared/keys.js';
+import { keyIdOf, publicKeyFromRaw, type SigningKey } from './shared/keys.js';
 import { CONTROLLER_PRINCIPAL, RpcServer } from './shared/rpc.js';
-import { LifecycleStore } from './state/lifecycle-store.js';
 import { ensurePrivateDir } from './state/files.js';
+import { LifecycleStore } from './state/lifecycle-store.js';
 import { WARD_VERSION } from './version.js';
 
 /**

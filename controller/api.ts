@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { ErrorCodes, WardError, describeError } from '../agent/core/errors.js';
+import { describeError, ErrorCodes, WardError } from '../agent/core/errors.js';
 import { isDeviceId } from '../agent/shared/topics.js';
 import type { DeviceRecord } from './store.js';
 
@@ -21,7 +21,11 @@ type Handler = (req: IncomingMessage, params: string[]) => Promise<[number, unkn
 export function createApiServer(backend: ApiBackend): Server {
   const routes: { method: string; pattern: RegExp; handler: Handler }[] = [
     { method: 'GET', pattern: /^\/api\/health$/, handler: async () => [200, await backend.health()] },
-    { method: 'GET', pattern: /^\/api\/devices$/, handler: async () => [200, { devices: (await backend.listDevices()).map((d) => publicView(d, backend.now())) }] },
+    {
+      method: 'GET',
+      pattern: /^\/api\/devices$/,
+      handler: async () => [200, { devices: (await backend.listDevices()).map((d) => publicView(d, backend.now())) }],
+    },
     {
       method: 'GET',
       pattern: /^\/api\/devices\/([^/]+)$/,
@@ -57,7 +61,9 @@ export function createApiServer(backend: ApiBackend): Server {
       .then(([status, body]) => send(res, status, body))
       .catch((err: unknown) => {
         const status = err instanceof WardError && err.code === ErrorCodes.RPC_TIMEOUT ? 504 : err instanceof WardError && err.retryable ? 503 : 500;
-        send(res, status, { error: err instanceof WardError ? { code: err.code, message: err.message } : { code: 'WARD_API_INTERNAL', message: describeError(err) } });
+        send(res, status, {
+          error: err instanceof WardError ? { code: err.code, message: err.message } : { code: 'WARD_API_INTERNAL', message: describeError(err) },
+        });
       });
     req.resume();
   });

@@ -62,7 +62,9 @@ function listen(server: Server | HttpServer, host: string, port: number, what: s
       reject(
         new WardError(
           ErrorCodes.CONTROLLER_LISTEN_FAILED,
-          err.code === 'EADDRINUSE' ? `${what} port ${host}:${port} is already in use; choose another port` : `${what} cannot listen on ${host}:${port}: ${err.message}`,
+          err.code === 'EADDRINUSE'
+            ? `${what} port ${host}:${port} is already in use; choose another port`
+            : `${what} cannot listen on ${host}:${port}: ${err.message}`,
           { cause: err, details: { host, port } },
         ),
       );

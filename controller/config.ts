@@ -30,7 +30,11 @@ export const controllerConfigSchema = z.strictObject({
       username: z.string().optional(),
       passwordFile: z.string().optional(),
       /** Shared-subscription group for replicas; null subscribes plainly (one controller). */
-      sharedGroup: z.string().regex(/^[A-Za-z0-9_-]+$/).nullable().default('ward-controller'),
+      sharedGroup: z
+        .string()
+        .regex(/^[A-Za-z0-9_-]+$/)
+        .nullable()
+        .default('ward-controller'),
     })
     .refine((b) => (b.embedded === undefined) !== (b.url === undefined), { message: 'set exactly one of broker.embedded or broker.url' })
     .default({ embedded: { host: '127.0.0.1', tcpPort: 1883, wsPort: 8083 }, sharedGroup: 'ward-controller' }),
@@ -43,9 +47,7 @@ export const controllerConfigSchema = z.strictObject({
   /** Device keys accepted until enrollment (identity issue) registers them. */
   devices: z.array(z.strictObject({ id: z.string().regex(DEVICE_ID_PATTERN), publicKey: z.string().regex(/^[A-Za-z0-9_-]{43}$/) })).default([]),
   rpc: z.strictObject({ timeoutMs: z.number().int().positive().default(10_000) }).default({ timeoutMs: 10_000 }),
-  log: z
-    .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
-    .default({ level: 'info' }),
+  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).default({ level: 'info' }),
 });
 
 export type ControllerConfigInput = z.input<typeof controllerConfigSchema>;

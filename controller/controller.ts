@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
+import type { Server } from 'node:http';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import type { Server } from 'node:http';
 import { type Clock, systemClock } from '../agent/core/clock.js';
 import { describeError } from '../agent/core/errors.js';
 import { loadOrCreateSigningKey } from '../agent/identity/keystore.js';
@@ -52,7 +52,11 @@ export interface ControllerDeps {
 export async function startController(deps: ControllerDeps): Promise<Controller> {
   const { config, logger } = deps;
   const clock = deps.clock ?? systemClock;
-  const replicaId = config.replicaId ?? `${hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 40)}-${process.pid}`;
+  const replicaId =
+    config.replicaId ??
+    `${hostname()
+      .replace(/[^A-Za-z0-9._-]/g, '-')
+      .slice(0, 40)}-${process.pid}`;
   const log = logger.child({ replica: replicaId });
   const cleanup: (() => Promise<void>)[] = [];
   const closeAll = async () => {
@@ -119,7 +123,14 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
     );
     session.start();
     cleanup.push(() => session.stop());
-    rpc = new RpcClient({ key, replicaId, verifier: registry.verifier, publish: (t, p, o) => session.publish(t, p, o), clock, timeoutMs: config.rpc.timeoutMs });
+    rpc = new RpcClient({
+      key,
+      replicaId,
+      verifier: registry.verifier,
+      publish: (t, p, o) => session.publish(t, p, o),
+      clock,
+      timeoutMs: config.rpc.timeoutMs,
+    });
     cleanup.push(async () => rpc?.close());
 
     const startedAt = Date.now();

@@ -1,5 +1,5 @@
 import type { Clock } from '../agent/core/clock.js';
-import { ErrorCodes, WardError, describeError } from '../agent/core/errors.js';
+import { describeError, ErrorCodes, WardError } from '../agent/core/errors.js';
 import { EnvelopeVerifier, type KeyResolver, MemoryReplayCache, MemoryVersionLedger } from '../agent/shared/envelope.js';
 import { keyIdOf, publicKeyFromRaw } from '../agent/shared/keys.js';
 import { decodePayload, STATE_TYPE, statePayload } from '../agent/shared/messages.js';
@@ -94,9 +94,7 @@ export class DeviceRegistry {
     const kid = keyIdOf(publicKey);
     const existing = await this.store.get(id);
     const record: DeviceRecord =
-      existing && existing.publicKey === publicKey
-        ? existing
-        : { id, publicKey, kid, registeredAt: Math.floor(this.clock.now() / 1000), online: false };
+      existing && existing.publicKey === publicKey ? existing : { id, publicKey, kid, registeredAt: Math.floor(this.clock.now() / 1000), online: false };
     if (record !== existing) await this.store.put(record);
     this.#trust(record);
     return record;

@@ -62,7 +62,9 @@ export class LevelDeviceStore implements DeviceStore {
       const locked = String((cause as { cause?: { message?: string } }).cause?.message ?? '').includes('lock');
       throw new WardError(
         ErrorCodes.CONTROLLER_STORE,
-        locked ? `device store ${location} is in use by another process (is a controller already running on this state folder?)` : `device store ${location} cannot be opened`,
+        locked
+          ? `device store ${location} is in use by another process (is a controller already running on this state folder?)`
+          : `device store ${location} cannot be opened`,
         { cause, details: { location } },
       );
     }

@@ -1,4 +1,6 @@
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { controllerConfigSchema } from '../../controller/config.js';
+import { startController } from '../../controller/controller.js';
 import { builtinPlugins } from '../../plugins/index.js';
 import { loadConfigFile, validateConfig } from '../config/load.js';
 import { agentConfigSchema } from '../config/schema.js';
@@ -6,8 +8,6 @@ import { loadOrCreateSigningKey } from '../identity/keystore.js';
 import { createLogger } from '../log.js';
 import { buildAgent } from '../system.js';
 import { WARD_VERSION } from '../version.js';
-import { controllerConfigSchema } from '../../controller/config.js';
-import { startController } from '../../controller/controller.js';
 import { runDev } from './dev.js';
 import { ExitCode, fatal, runUntilSignal } from './run.js';
 
@@ -82,9 +82,9 @@ export function buildProgram(): Command {
     .command('dev')
     .description('run a local stack: controller + embedded broker + one agent with a simulated PLC')
     .option('--dir <dir>', 'state folder (default: a new temporary folder)')
-    .option('--mqtt-port <port>', 'embedded broker TCP port', parsePort, 1883)
-    .option('--ws-port <port>', 'embedded broker WebSocket port', parsePort, 8083)
-    .option('--api-port <port>', 'controller HTTP API port', parsePort, 8080)
+    .option('--mqtt-port <port>', 'embedded broker TCP port', parsePort, 11883)
+    .option('--ws-port <port>', 'embedded broker WebSocket port', parsePort, 18083)
+    .option('--api-port <port>', 'controller HTTP API port', parsePort, 18080)
     .option('--log-level <level>', 'log level', 'info')
     .action(async (opts: { dir?: string; mqttPort: number; wsPort: number; apiPort: number; logLevel: string }) => {
       const stack = await runDev(opts);

@@ -1,4 +1,4 @@
-import { ErrorCodes, isWardError, describeError } from '../core/errors.js';
+import { describeError, ErrorCodes, isWardError } from '../core/errors.js';
 
 /**
  * Process-level glue shared by the long-running commands: exit codes a

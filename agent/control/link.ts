@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import type { Clock } from '../core/clock.js';
-import { ErrorCodes, WardError, describeError } from '../core/errors.js';
 import type { MqttConfig } from '../config/schema.js';
+import type { Clock } from '../core/clock.js';
+import { describeError, ErrorCodes, WardError } from '../core/errors.js';
 import { encodeEnvelope, seal } from '../shared/envelope.js';
 import type { SigningKey } from '../shared/keys.js';
 import { STATE_TYPE, type StatePayload } from '../shared/messages.js';

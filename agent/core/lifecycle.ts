@@ -70,7 +70,10 @@ export class Lifecycle {
   #listeners = new Set<(t: TransitionRecord) => void>();
   #applying = false;
 
-  constructor(initial: LifecycleState, private readonly now: () => number = Date.now) {
+  constructor(
+    initial: LifecycleState,
+    private readonly now: () => number = Date.now,
+  ) {
     this.#state = initial;
   }
 

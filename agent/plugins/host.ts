@@ -1,6 +1,6 @@
 import type { AnyPluginDefinition, PluginClock, PluginInstance, PluginLogger } from '../../plugins/api/index.js';
 import { PLUGIN_API_VERSION } from '../../plugins/api/index.js';
-import { ErrorCodes, WardError, describeError } from '../core/errors.js';
+import { describeError, ErrorCodes, WardError } from '../core/errors.js';
 
 export interface PluginSelection {
   readonly name: string;

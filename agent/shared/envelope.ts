@@ -1,4 +1,4 @@
-import { randomBytes, sign, verify, type KeyObject } from 'node:crypto';
+import { type KeyObject, randomBytes, sign, verify } from 'node:crypto';
 import { type Clock, systemClock } from '../core/clock.js';
 import { ErrorCodes, WardError, type WardErrorCode } from '../core/errors.js';
 import { canonicalBytes } from './canonical.js';
@@ -44,11 +44,7 @@ export interface SealOptions {
 }
 
 /** Stamps iat/exp (and a nonce unless a version is given) onto `body` and signs it. */
-export function seal<B extends Record<string, unknown> & { typ: string }>(
-  key: SigningKey,
-  body: B,
-  options: SealOptions,
-): Envelope<B & EnvelopePayload> {
+export function seal<B extends Record<string, unknown> & { typ: string }>(key: SigningKey, body: B, options: SealOptions): Envelope<B & EnvelopePayload> {
   const iat = Math.floor((options.clock ?? systemClock).now() / 1000);
   const stamped: Record<string, unknown> = { ...body, iat, exp: iat + options.ttlSeconds };
   if (options.version !== undefined) stamped.version = options.version;
@@ -230,8 +226,7 @@ export class EnvelopeVerifier {
     if (p.iat > now + this.#skew) fail(ErrorCodes.ENVELOPE_NOT_YET_VALID, `issued ${p.iat - now}s in the future`, { iat: p.iat, now });
     if (p.exp + this.#skew < now) fail(ErrorCodes.ENVELOPE_EXPIRED, `expired ${now - p.exp}s ago`, { exp: p.exp, now });
 
-    const stream =
-      typeof expect.stream === 'function' ? expect.stream(p) : (expect.stream ?? `${envelope.kid}/${p.typ}`);
+    const stream = typeof expect.stream === 'function' ? expect.stream(p) : (expect.stream ?? `${envelope.kid}/${p.typ}`);
     if (p.nonce !== undefined && this.#replay.seen(envelope.kid, p.nonce, now)) {
       fail(ErrorCodes.ENVELOPE_REPLAYED, `nonce already used by kid ${envelope.kid}`, { kid: envelope.kid });
     }

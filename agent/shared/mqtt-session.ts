@@ -1,6 +1,6 @@
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { backoffDelay } from '../core/backoff.js';
-import { ErrorCodes, WardError, describeError } from '../core/errors.js';
+import { describeError, ErrorCodes, WardError } from '../core/errors.js';
 
 /**
  * One MQTT session that keeps itself connected, shared by the agent's
@@ -211,9 +211,7 @@ export class MqttSession {
       client.end(true);
       if (wasConnected) this.events.onDisconnected?.('connection closed');
       if (this.#stopped) return;
-      const delay = fellBack
-        ? 0
-        : backoffDelay(wasConnected ? 0 : Math.max(attempt, 0), { ...this.options.reconnect, minMs: 100 }, this.options.random);
+      const delay = fellBack ? 0 : backoffDelay(wasConnected ? 0 : Math.max(attempt, 0), { ...this.options.reconnect, minMs: 100 }, this.options.random);
       if (wasConnected) this.#attempt = 1;
       this.#timer = setTimeout(() => this.#connect(), delay);
     });

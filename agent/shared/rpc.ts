@@ -1,16 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import type { Clock } from '../core/clock.js';
-import { ErrorCodes, WardError, describeError } from '../core/errors.js';
+import { describeError, ErrorCodes, WardError } from '../core/errors.js';
 import { type EnvelopeVerifier, encodeEnvelope, seal } from './envelope.js';
 import type { SigningKey } from './keys.js';
-import {
-  decodePayload,
-  RPC_REQUEST_TYPE,
-  RPC_RESPONSE_TYPE,
-  type RpcRequestPayload,
-  rpcRequestPayload,
-  rpcResponsePayload,
-} from './messages.js';
+import { decodePayload, RPC_REQUEST_TYPE, RPC_RESPONSE_TYPE, type RpcRequestPayload, rpcRequestPayload, rpcResponsePayload } from './messages.js';
 import { parseDeviceTopic, topics } from './topics.js';
 
 /**
@@ -155,7 +148,11 @@ export class RpcServer {
         body = { ok: false, error: { code: err instanceof WardError ? err.code : 'WARD_RPC_HANDLER_FAILED', message: describeError(err) } };
       }
     }
-    const envelope = seal(this.deps.key, { typ: RPC_RESPONSE_TYPE, sub: deviceId, corr: req.corr, ...body }, { ttlSeconds: REQUEST_TTL_SECONDS, clock: this.deps.clock });
+    const envelope = seal(
+      this.deps.key,
+      { typ: RPC_RESPONSE_TYPE, sub: deviceId, corr: req.corr, ...body },
+      { ttlSeconds: REQUEST_TTL_SECONDS, clock: this.deps.clock },
+    );
     await this.deps.publish(req.replyTo, encodeEnvelope(envelope), { qos: 1 });
   }
 }

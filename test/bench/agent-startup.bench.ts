@@ -196,7 +196,12 @@ export default async function agentStartupBench(): Promise<BenchResult> {
         f('baseline.ward_version_ms', 'baseline: node scripts/ward.mjs --version, wall', round(versionWall), 'ms'),
         f('baseline.tsx_loader_ms', '  loader + CLI cost (--version − node -e 0)', round(versionWall - nodeWall), 'ms'),
         f('baseline.node_idle_rss_mb', `baseline: bare node RSS after ${IDLE_MS / 1000} s idle`, mb(bare.rss), 'MiB'),
-        f('agent.started_log_ms', 'agent: spawn → "agent started" log', startedLogAt === undefined ? 'n/a' : round(startedLogAt - t0), startedLogAt === undefined ? undefined : 'ms'),
+        f(
+          'agent.started_log_ms',
+          'agent: spawn → "agent started" log',
+          startedLogAt === undefined ? 'n/a' : round(startedLogAt - t0),
+          startedLogAt === undefined ? undefined : 'ms',
+        ),
         f('agent.online_ms', 'agent: spawn → controller sees online', round(onlineMs), 'ms'),
         f('agent.idle_rss_mb', `agent: RSS after ${IDLE_MS / 1000} s connected + idle`, mb(mem.rss), 'MiB'),
         f('agent.peak_rss_mb', 'agent: peak RSS (VmHWM)', mb(mem.peak), 'MiB'),

@@ -1,7 +1,7 @@
 import { createHash, sign, verify } from 'node:crypto';
 import nacl from 'tweetnacl';
 import { canonicalBytes } from '../../agent/shared/canonical.js';
-import { EnvelopeVerifier, encodeEnvelope, seal, signPayload, type EnvelopePayload } from '../../agent/shared/envelope.js';
+import { type EnvelopePayload, EnvelopeVerifier, encodeEnvelope, seal, signPayload } from '../../agent/shared/envelope.js';
 import { signingKeyFromSeed } from '../../agent/shared/keys.js';
 import { STATE_TYPE } from '../../agent/shared/messages.js';
 import type { BenchResult, Figure } from './lib.js';
@@ -56,24 +56,39 @@ export default async function envelopeBench(): Promise<BenchResult> {
 
   // Raw ed25519 over pre-computed canonical bytes. Results are consumed so nothing is optimised away.
   let sink = 0;
-  const naclSign = rate((i) => {
-    sink ^= nacl.sign.detached(msgAt(i), naclPair.secretKey)[0] as number;
-  }, { budgetMs: BUDGET_MS, warmupMs: 1000 });
-  const naclVerify = rate((i) => {
-    if (!nacl.sign.detached.verify(msgAt(i), naclSigs[i % MESSAGES] as Uint8Array, naclPair.publicKey)) throw new Error('tweetnacl verify failed');
-  }, { budgetMs: BUDGET_MS, warmupMs: 1000 });
-  const nodeSign = rate((i) => {
-    sink ^= sign(null, msgAt(i), key.privateKey)[0] as number;
-  }, { budgetMs: BUDGET_MS });
-  const nodeVerify = rate((i) => {
-    if (!verify(null, msgAt(i), key.publicKey, nodeSigs[i % MESSAGES] as Buffer)) throw new Error('node verify failed');
-  }, { budgetMs: BUDGET_MS });
+  const naclSign = rate(
+    (i) => {
+      sink ^= nacl.sign.detached(msgAt(i), naclPair.secretKey)[0] as number;
+    },
+    { budgetMs: BUDGET_MS, warmupMs: 1000 },
+  );
+  const naclVerify = rate(
+    (i) => {
+      if (!nacl.sign.detached.verify(msgAt(i), naclSigs[i % MESSAGES] as Uint8Array, naclPair.publicKey)) throw new Error('tweetnacl verify failed');
+    },
+    { budgetMs: BUDGET_MS, warmupMs: 1000 },
+  );
+  const nodeSign = rate(
+    (i) => {
+      sink ^= sign(null, msgAt(i), key.privateKey)[0] as number;
+    },
+    { budgetMs: BUDGET_MS },
+  );
+  const nodeVerify = rate(
+    (i) => {
+      if (!verify(null, msgAt(i), key.publicKey, nodeSigs[i % MESSAGES] as Buffer)) throw new Error('node verify failed');
+    },
+    { budgetMs: BUDGET_MS },
+  );
 
   // The project's signing path: canonical JSON + sign, from a payload object.
   const payloads = Array.from({ length: MESSAGES }, (_, i) => statePayload(i + 1));
-  const projectSign = rate((i) => {
-    sink ^= signPayload(key, payloads[i % MESSAGES] as EnvelopePayload).sig.length;
-  }, { budgetMs: BUDGET_MS });
+  const projectSign = rate(
+    (i) => {
+      sink ^= signPayload(key, payloads[i % MESSAGES] as EnvelopePayload).sig.length;
+    },
+    { budgetMs: BUDGET_MS },
+  );
 
   // Full round trip: seal (stamp + canonical + sign) → encode JSON → verify (size, parse, shape, key, canonical, signature, claims, version).
   const verifier = new EnvelopeVerifier({
@@ -82,11 +97,14 @@ export default async function envelopeBench(): Promise<BenchResult> {
   const expect = { typ: STATE_TYPE, principal: DEVICE_ID, subject: DEVICE_ID };
   let version = 0;
   let envelopeBytes = 0;
-  const roundTrip = rate(() => {
-    const raw = encodeEnvelope(seal(key, stateBody(), { ttlSeconds: 7 * 24 * 3600, version: ++version }));
-    envelopeBytes = raw.length;
-    verifier.verify(raw, expect);
-  }, { budgetMs: BUDGET_MS });
+  const roundTrip = rate(
+    () => {
+      const raw = encodeEnvelope(seal(key, stateBody(), { ttlSeconds: 7 * 24 * 3600, version: ++version }));
+      envelopeBytes = raw.length;
+      verifier.verify(raw, expect);
+    },
+    { budgetMs: BUDGET_MS },
+  );
   if (sink === 0.5) process.stderr.write('unreachable\n');
 
   const usRaw = 1e6 / nodeSign.perSecond + 1e6 / nodeVerify.perSecond;

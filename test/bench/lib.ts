@@ -36,10 +36,7 @@ export interface Rate {
  * reading the clock after every call (~50 ns, noise next to a signature);
  * at most `maxIterations` calls per round.
  */
-export function rate(
-  fn: (i: number) => void,
-  options: { budgetMs?: number; warmupMs?: number; rounds?: number; maxIterations?: number } = {},
-): Rate {
+export function rate(fn: (i: number) => void, options: { budgetMs?: number; warmupMs?: number; rounds?: number; maxIterations?: number } = {}): Rate {
   const budgetMs = options.budgetMs ?? 1500;
   const rounds = options.rounds ?? 5;
   const maxIterations = options.maxIterations ?? 1_000_000;

@@ -15,7 +15,10 @@ const here = dirname(fileURLToPath(import.meta.url));
 
 async function main(): Promise<number> {
   const filter = process.argv[2];
-  const all = (await readdir(here)).filter((f) => f.endsWith(SUFFIX)).map((f) => f.slice(0, -SUFFIX.length)).sort();
+  const all = (await readdir(here))
+    .filter((f) => f.endsWith(SUFFIX))
+    .map((f) => f.slice(0, -SUFFIX.length))
+    .sort();
   const exact = all.filter((n) => n === filter);
   const selected = filter === undefined ? all : exact.length > 0 ? exact : all.filter((n) => n.includes(filter));
   if (selected.length === 0) {
@@ -45,7 +48,9 @@ async function main(): Promise<number> {
       failed++;
       const message = err instanceof Error ? (err.stack ?? err.message) : String(err);
       process.stdout.write(`  FAILED: ${message}\n`);
-      process.stdout.write(`BENCH ${JSON.stringify({ bench: name, ok: false, ms: Math.round(performance.now() - started), load, ...env, error: String(err) })}\n`);
+      process.stdout.write(
+        `BENCH ${JSON.stringify({ bench: name, ok: false, ms: Math.round(performance.now() - started), load, ...env, error: String(err) })}\n`,
+      );
     }
   }
   return failed > 0 ? 1 : 0;

@@ -6,7 +6,11 @@ import type { DeviceRecord, DeviceStore } from '../../controller/store.js';
  * implementation — the embedded LevelDB store, the in-memory one, and a
  * future shared database — runs this same suite.
  */
-export function deviceStoreSuite(test: TestFn, name: string, factory: (t: ExecutionContext) => Promise<{ store: DeviceStore; reopen?: () => Promise<DeviceStore> }>): void {
+export function deviceStoreSuite(
+  test: TestFn,
+  name: string,
+  factory: (t: ExecutionContext) => Promise<{ store: DeviceStore; reopen?: () => Promise<DeviceStore> }>,
+): void {
   const rec = (id: string, extra: Partial<DeviceRecord> = {}): DeviceRecord => ({
     id,
     publicKey: 'A'.repeat(43),

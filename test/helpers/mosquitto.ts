@@ -34,7 +34,16 @@ export async function startMosquitto(options: { extraConfig?: string } = {}): Pr
   const conf = join(dir, 'mosquitto.conf');
   await writeFile(
     conf,
-    [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'log_dest stdout', 'log_type error', 'log_type warning', 'log_type notice', options.extraConfig ?? ''].join('\n'),
+    [
+      `listener ${port} 127.0.0.1`,
+      'allow_anonymous true',
+      'persistence false',
+      'log_dest stdout',
+      'log_type error',
+      'log_type warning',
+      'log_type notice',
+      options.extraConfig ?? '',
+    ].join('\n'),
   );
   let child: ChildProcess | undefined;
   let out = '';
@@ -47,7 +56,12 @@ export async function startMosquitto(options: { extraConfig?: string } = {}): Pr
     proc.stderr?.on('data', (d) => {
       out += d;
     });
-    await waitFor(`mosquitto listening on ${port}`, () => (proc.exitCode !== null ? Promise.reject(new Error(`mosquitto exited: ${out}`)) : canConnect(port)), 10_000, 50);
+    await waitFor(
+      `mosquitto listening on ${port}`,
+      () => (proc.exitCode !== null ? Promise.reject(new Error(`mosquitto exited: ${out}`)) : canConnect(port)),
+      10_000,
+      50,
+    );
   };
   const halt = async () => {
     const proc = child;

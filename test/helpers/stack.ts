@@ -36,7 +36,15 @@ export async function makeDevice(t: ExecutionContext, id: string): Promise<TestD
 
 export async function startTestController(
   t: ExecutionContext,
-  options: { devices: TestDevice[]; brokerUrl?: string; stateDir?: string; replicaId?: string; sharedGroup?: string | null; tcpPort?: number; store?: DeviceStore },
+  options: {
+    devices: TestDevice[];
+    brokerUrl?: string;
+    stateDir?: string;
+    replicaId?: string;
+    sharedGroup?: string | null;
+    tcpPort?: number;
+    store?: DeviceStore;
+  },
 ): Promise<Controller> {
   const input: ControllerConfigInput = {
     stateDir: options.stateDir ?? join(await tempDir(t, 'ward-controller-'), 'state'),
@@ -68,7 +76,7 @@ export async function writeAgentConfig(
     deviceId: device.id,
     stateDir: device.stateDir,
     controller: { publicKey: controller.publicKey },
-    mqtt: { url: brokerUrl, reconnect: { baseMs: 100, capMs: 1_000 }, connectTimeoutMs: 3_000 },
+    mqtt: { url: brokerUrl, reconnect: { baseMs: 100, capMs: 1_000 }, connectTimeoutMs: 10_000 },
     log: { level: 'info' },
     plugins: [{ name: 'sim', config: { periodMs: 100 } }],
     ...extra,

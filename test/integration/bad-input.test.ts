@@ -39,7 +39,22 @@ test('garbage, forged, replayed and oversized messages on the wire are refused b
   const stateTopic = topics.state(device.id);
   const mallory = generateSigningKey();
   const forged = encodeEnvelope(
-    seal(mallory, { typ: 'ward.state', sub: device.id, online: false, session: 'x'.repeat(10), lifecycle: 'active', agentVersion: 'x', protocol: '5', plugins: [], startedAt: 1, heartbeatSeconds: 60 }, { ttlSeconds: 60, version: Date.now() * 10 }),
+    seal(
+      mallory,
+      {
+        typ: 'ward.state',
+        sub: device.id,
+        online: false,
+        session: 'x'.repeat(10),
+        lifecycle: 'active',
+        agentVersion: 'x',
+        protocol: '5',
+        plugins: [],
+        startedAt: 1,
+        heartbeatSeconds: 60,
+      },
+      { ttlSeconds: 60, version: Date.now() * 10 },
+    ),
   );
   for (const payload of [Buffer.from('not json'), Buffer.from('{"payload":[]}'), Buffer.alloc(400 * 1024, 0x20), forged]) {
     await attacker.publishAsync(stateTopic, payload, { qos: 1 });
@@ -65,7 +80,11 @@ test('garbage, forged, replayed and oversized messages on the wire are refused b
   t.true(first.body.result.pong);
   await waitFor('captured the genuine request', () => captured.length >= 1);
   const forgedCmd = encodeEnvelope(
-    seal(mallory, { typ: RPC_REQUEST_TYPE, sub: device.id, method: 'ping', params: {}, replyTo: topics.reply(device.id, 'evil'), corr: 'corr-evil-1' }, { ttlSeconds: 60 }),
+    seal(
+      mallory,
+      { typ: RPC_REQUEST_TYPE, sub: device.id, method: 'ping', params: {}, replyTo: topics.reply(device.id, 'evil'), corr: 'corr-evil-1' },
+      { ttlSeconds: 60 },
+    ),
   );
   for (const payload of [Buffer.from('{{{'), Buffer.from('{"payload":{"typ":"x"},"kid":"a","sig":"b"}'), forgedCmd, captured[0] as Buffer]) {
     await attacker.publishAsync(topics.cmd(device.id), payload, { qos: 1 });

@@ -49,7 +49,19 @@ test('an invalid config exits 78 naming the file and each bad field', async (t) 
 test('ward dev brings up controller + broker + agent, shows it online, and stops cleanly on Ctrl-C', async (t) => {
   const dir = await tempDir(t);
   const [mqttPort, wsPort, apiPort] = [await freePort(), await freePort(), await freePort()];
-  const p = spawnWard(t, ['dev', '--dir', dir, '--mqtt-port', String(mqttPort), '--ws-port', String(wsPort), '--api-port', String(apiPort), '--log-level', 'warn']);
+  const p = spawnWard(t, [
+    'dev',
+    '--dir',
+    dir,
+    '--mqtt-port',
+    String(mqttPort),
+    '--ws-port',
+    String(wsPort),
+    '--api-port',
+    String(apiPort),
+    '--log-level',
+    'warn',
+  ]);
   const api = `http://127.0.0.1:${apiPort}`;
   const device = await waitFor(
     'dev agent online',

@@ -1,6 +1,6 @@
 import test from 'ava';
-import { apiDevice, getJson, makeDevice, spawnWard, startTestController, writeAgentConfig } from '../helpers/stack.js';
 import { waitFor } from '../helpers/net.js';
+import { apiDevice, getJson, makeDevice, spawnWard, startTestController, writeAgentConfig } from '../helpers/stack.js';
 
 // Real components: the controller's embedded aedes broker (in this process) and the agent as a
 // separate `ward agent run` process, so SIGKILL and SIGTERM are the real thing.

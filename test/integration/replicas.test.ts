@@ -1,7 +1,7 @@
 import test from 'ava';
-import { MqttSession } from '../../agent/shared/mqtt-session.js';
 import { encodeEnvelope, seal } from '../../agent/shared/envelope.js';
 import { STATE_TYPE } from '../../agent/shared/messages.js';
+import { MqttSession } from '../../agent/shared/mqtt-session.js';
 import { topics } from '../../agent/shared/topics.js';
 import { startMosquitto } from '../helpers/mosquitto.js';
 import { waitFor } from '../helpers/net.js';

@@ -10,8 +10,14 @@ test('backoff grows exponentially up to the cap (upper bound with random=1)', (t
 });
 
 test('backoff jitter stays within [min, ceiling]', (t) => {
-  t.is(backoffDelay(3, opts, () => 0), 100);
-  t.is(backoffDelay(3, opts, () => 0.5), 2000);
+  t.is(
+    backoffDelay(3, opts, () => 0),
+    100,
+  );
+  t.is(
+    backoffDelay(3, opts, () => 0.5),
+    2000,
+  );
   for (let i = 0; i < 200; i++) {
     const d = backoffDelay(i % 12, opts);
     t.true(d >= 100 && d <= 30_000);

@@ -3,11 +3,22 @@ import { canonicalize } from '../../agent/shared/canonical.js';
 
 test('sorts keys by UTF-16 code units and drops whitespace (RFC 8785 §3.2.3)', (t) => {
   // The key-ordering example of RFC 8785 §3.2.3, values replaced by their index.
-  const input = { '\u20ac': 'Euro Sign', '\r': 'Carriage Return', '\ufb33': 'Hebrew Letter Dalet With Dagesh', '1': 'One', '\ud83d\ude00': 'Emoji: Grinning Face', '\u0080': 'Control', '\u00f6': 'Latin Small Letter O With Diaeresis' };
+  const input = {
+    '\u20ac': 'Euro Sign',
+    '\r': 'Carriage Return',
+    '\ufb33': 'Hebrew Letter Dalet With Dagesh',
+    '1': 'One',
+    '\ud83d\ude00': 'Emoji: Grinning Face',
+    '\u0080': 'Control',
+    '\u00f6': 'Latin Small Letter O With Diaeresis',
+  };
   // Compare positions in the text: JSON.parse would reorder integer-like keys.
   const text = canonicalize(input);
   const positions = ['\\r', '1', '\u0080', '\u00f6', '\u20ac', '\ud83d\ude00', '\ufb33'].map((k) => text.indexOf(`"${k}"`));
-  t.deepEqual([...positions].sort((a, b) => a - b), positions);
+  t.deepEqual(
+    [...positions].sort((a, b) => a - b),
+    positions,
+  );
   t.false(text.includes(' : ') || text.includes(', '));
 });
 
@@ -32,6 +43,7 @@ for (const [name, value] of [
   ['a Date', { a: new Date(0) }],
   ['a Buffer', { a: Buffer.from('x') }],
   ['a function', { a: () => 1 }],
+  // biome-ignore lint/suspicious/noSparseArray: the hole is the input under test
   ['a sparse array', [1, , 3]],
   ['a lone surrogate', { a: '\ud800' }],
 ] as const) {

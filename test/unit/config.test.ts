@@ -91,8 +91,6 @@ test('controller config: embedded broker by default; exactly one of embedded or 
   const c = parseConfig('stateDir: /var/lib/ward-controller\n', 'c.yaml', controllerConfigSchema);
   t.deepEqual(c.broker.embedded, { host: '127.0.0.1', tcpPort: 1883, wsPort: 8083 });
   t.is(c.api.host, '127.0.0.1');
-  const both = codeAndMessage(() =>
-    parseConfig('stateDir: /x\nbroker:\n  url: mqtt://127.0.0.1:1883\n  embedded: {}\n', 'c.yaml', controllerConfigSchema),
-  );
+  const both = codeAndMessage(() => parseConfig('stateDir: /x\nbroker:\n  url: mqtt://127.0.0.1:1883\n  embedded: {}\n', 'c.yaml', controllerConfigSchema));
   t.regex(both.message, /exactly one of broker\.embedded or broker\.url/);
 });

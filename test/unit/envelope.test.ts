@@ -3,16 +3,8 @@ import test from 'ava';
 import nacl from 'tweetnacl';
 import { ManualClock } from '../../agent/core/clock.js';
 import { canonicalBytes } from '../../agent/shared/canonical.js';
-import {
-  type Envelope,
-  EnvelopeVerifier,
-  encodeEnvelope,
-  type Expectation,
-  MemoryReplayCache,
-  seal,
-  signPayload,
-} from '../../agent/shared/envelope.js';
-import { generateSigningKey, signingKeyFromSeed, type SigningKey } from '../../agent/shared/keys.js';
+import { type Envelope, EnvelopeVerifier, type Expectation, encodeEnvelope, MemoryReplayCache, seal, signPayload } from '../../agent/shared/envelope.js';
+import { generateSigningKey, type SigningKey, signingKeyFromSeed } from '../../agent/shared/keys.js';
 
 const clock = new ManualClock(Date.UTC(2026, 10, 25, 12));
 const device = generateSigningKey();
@@ -61,7 +53,10 @@ test('a tampered payload is refused as a bad signature', (t) => {
   const v = verifierFor([device, 'gw-1']);
   const env = seal(device, body, { ttlSeconds: 60, clock });
   const tampered = { ...env, payload: { ...env.payload, value: 43 } };
-  t.is(codeOf(() => v.verify(JSON.stringify(tampered), expectCmd)), 'WARD_ENVELOPE_BAD_SIGNATURE');
+  t.is(
+    codeOf(() => v.verify(JSON.stringify(tampered), expectCmd)),
+    'WARD_ENVELOPE_BAD_SIGNATURE',
+  );
 });
 
 test('a flipped signature bit is refused', (t) => {
@@ -69,32 +64,50 @@ test('a flipped signature bit is refused', (t) => {
   const env = seal(device, body, { ttlSeconds: 60, clock });
   const sig = Buffer.from(env.sig, 'base64url');
   sig[10] = (sig[10] as number) ^ 0x01;
-  t.is(codeOf(() => v.verify(JSON.stringify({ ...env, sig: sig.toString('base64url') }), expectCmd)), 'WARD_ENVELOPE_BAD_SIGNATURE');
+  t.is(
+    codeOf(() => v.verify(JSON.stringify({ ...env, sig: sig.toString('base64url') }), expectCmd)),
+    'WARD_ENVELOPE_BAD_SIGNATURE',
+  );
 });
 
 test('a message signed by a different key under a known kid is refused', (t) => {
   const v = verifierFor([device, 'gw-1']);
   const forged = seal(other, body, { ttlSeconds: 60, clock });
-  t.is(codeOf(() => v.verify(JSON.stringify({ ...forged, kid: device.kid }), expectCmd)), 'WARD_ENVELOPE_BAD_SIGNATURE');
+  t.is(
+    codeOf(() => v.verify(JSON.stringify({ ...forged, kid: device.kid }), expectCmd)),
+    'WARD_ENVELOPE_BAD_SIGNATURE',
+  );
 });
 
 test('an unknown key is refused before any claim is looked at', (t) => {
   const v = verifierFor([device, 'gw-1']);
-  t.is(codeOf(() => v.verify(encodeEnvelope(seal(other, body, { ttlSeconds: 60, clock })), expectCmd)), 'WARD_ENVELOPE_UNKNOWN_KEY');
+  t.is(
+    codeOf(() => v.verify(encodeEnvelope(seal(other, body, { ttlSeconds: 60, clock })), expectCmd)),
+    'WARD_ENVELOPE_UNKNOWN_KEY',
+  );
 });
 
 test("a device's key cannot speak for another device", (t) => {
   const v = verifierFor([device, 'gw-1'], [other, 'gw-2']);
   const env = seal(other, body, { ttlSeconds: 60, clock });
-  t.is(codeOf(() => v.verify(encodeEnvelope(env), expectCmd)), 'WARD_ENVELOPE_WRONG_SUBJECT');
+  t.is(
+    codeOf(() => v.verify(encodeEnvelope(env), expectCmd)),
+    'WARD_ENVELOPE_WRONG_SUBJECT',
+  );
   const aboutOther = seal(device, { ...body, sub: 'gw-2' }, { ttlSeconds: 60, clock });
-  t.is(codeOf(() => v.verify(encodeEnvelope(aboutOther), expectCmd)), 'WARD_ENVELOPE_WRONG_SUBJECT');
+  t.is(
+    codeOf(() => v.verify(encodeEnvelope(aboutOther), expectCmd)),
+    'WARD_ENVELOPE_WRONG_SUBJECT',
+  );
 });
 
 test('a message of another type is refused (no cross-topic replay)', (t) => {
   const v = verifierFor([device, 'gw-1']);
   const env = seal(device, { ...body, typ: 'ward.other' }, { ttlSeconds: 60, clock });
-  t.is(codeOf(() => v.verify(encodeEnvelope(env), expectCmd)), 'WARD_ENVELOPE_WRONG_TYPE');
+  t.is(
+    codeOf(() => v.verify(encodeEnvelope(env), expectCmd)),
+    'WARD_ENVELOPE_WRONG_TYPE',
+  );
 });
 
 test('an expired message is refused; skew is tolerated', (t) => {
@@ -105,22 +118,34 @@ test('an expired message is refused; skew is tolerated', (t) => {
   t.is(v.verify(env, expectCmd).payload.value, 42);
   c.advance(10_000);
   const late = encodeEnvelope(seal(device, body, { ttlSeconds: 60, clock: new ManualClock(c.now() - 100_000) }));
-  t.is(codeOf(() => v.verify(late, expectCmd)), 'WARD_ENVELOPE_EXPIRED');
+  t.is(
+    codeOf(() => v.verify(late, expectCmd)),
+    'WARD_ENVELOPE_EXPIRED',
+  );
 });
 
 test('a message from the future is refused', (t) => {
   const v = verifierFor([device, 'gw-1']);
   const env = seal(device, body, { ttlSeconds: 60, clock: new ManualClock(clock.now() + 3_600_000) });
-  t.is(codeOf(() => v.verify(encodeEnvelope(env), expectCmd)), 'WARD_ENVELOPE_NOT_YET_VALID');
+  t.is(
+    codeOf(() => v.verify(encodeEnvelope(env), expectCmd)),
+    'WARD_ENVELOPE_NOT_YET_VALID',
+  );
 });
 
 test('a replayed nonce is refused, and a refused message does not burn its nonce', (t) => {
   const v = verifierFor([device, 'gw-1']);
   const env = seal(device, body, { ttlSeconds: 60, clock, nonce: 'nonce-replay-1' });
   // First delivered on the wrong subject: refused, nonce not consumed.
-  t.is(codeOf(() => v.verify(encodeEnvelope(env), { ...expectCmd, subject: 'gw-9' })), 'WARD_ENVELOPE_WRONG_SUBJECT');
+  t.is(
+    codeOf(() => v.verify(encodeEnvelope(env), { ...expectCmd, subject: 'gw-9' })),
+    'WARD_ENVELOPE_WRONG_SUBJECT',
+  );
   t.notThrows(() => v.verify(encodeEnvelope(env), expectCmd));
-  t.is(codeOf(() => v.verify(encodeEnvelope(env), expectCmd)), 'WARD_ENVELOPE_REPLAYED');
+  t.is(
+    codeOf(() => v.verify(encodeEnvelope(env), expectCmd)),
+    'WARD_ENVELOPE_REPLAYED',
+  );
 });
 
 test('versions must increase per stream; a rollback is refused', (t) => {
@@ -128,8 +153,14 @@ test('versions must increase per stream; a rollback is refused', (t) => {
   const at = (version: number) => encodeEnvelope(seal(device, body, { ttlSeconds: 60, clock, version }));
   t.notThrows(() => v.verify(at(5), expectCmd));
   t.notThrows(() => v.verify(at(7), expectCmd));
-  t.is(codeOf(() => v.verify(at(6), expectCmd)), 'WARD_ENVELOPE_ROLLBACK');
-  t.is(codeOf(() => v.verify(at(7), expectCmd)), 'WARD_ENVELOPE_ROLLBACK');
+  t.is(
+    codeOf(() => v.verify(at(6), expectCmd)),
+    'WARD_ENVELOPE_ROLLBACK',
+  );
+  t.is(
+    codeOf(() => v.verify(at(7), expectCmd)),
+    'WARD_ENVELOPE_ROLLBACK',
+  );
   // Another stream has its own sequence.
   t.notThrows(() => v.verify(at(6), { ...expectCmd, stream: 'other' }));
 });
@@ -150,18 +181,29 @@ test('malformed input gets precise errors, never a crash', (t) => {
     [JSON.stringify({ ...good, payload: { ...good.payload, exp: good.payload.iat - 1 } }), 'WARD_ENVELOPE_MALFORMED'],
     [JSON.stringify({ ...good, sig: 'AAAA' }), 'WARD_ENVELOPE_BAD_SIGNATURE'],
   ];
-  for (const [raw, code] of cases) t.is(codeOf(() => v.verify(raw as string, expectCmd)), code, String(raw).slice(0, 60));
+  for (const [raw, code] of cases)
+    t.is(
+      codeOf(() => v.verify(raw as string, expectCmd)),
+      code,
+      String(raw).slice(0, 60),
+    );
 });
 
 test('an oversized envelope is refused before parsing', (t) => {
   const v = new EnvelopeVerifier({ keys: () => undefined, clock, maxBytes: 1024 });
-  t.is(codeOf(() => v.verify(Buffer.alloc(2048, 0x20), expectCmd)), 'WARD_ENVELOPE_TOO_LARGE');
+  t.is(
+    codeOf(() => v.verify(Buffer.alloc(2048, 0x20), expectCmd)),
+    'WARD_ENVELOPE_TOO_LARGE',
+  );
 });
 
 test('a validity window longer than allowed is refused (bounds the replay cache)', (t) => {
   const v = new EnvelopeVerifier({ keys: () => ({ publicKey: device.publicKey, principal: 'gw-1' }), clock, maxLifetimeSeconds: 3600 });
   const env = seal(device, body, { ttlSeconds: 7200, clock });
-  t.is(codeOf(() => v.verify(encodeEnvelope(env), expectCmd)), 'WARD_ENVELOPE_MALFORMED');
+  t.is(
+    codeOf(() => v.verify(encodeEnvelope(env), expectCmd)),
+    'WARD_ENVELOPE_MALFORMED',
+  );
 });
 
 test('the replay cache forgets expired nonces and stays bounded', (t) => {

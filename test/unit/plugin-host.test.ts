@@ -55,10 +55,22 @@ test('disabled plugins are not loaded', async (t) => {
 test('unknown plugin, API mismatch, missing dependency, cycle and bad config are refused before anything runs', (t) => {
   const e: string[] = [];
   const code = (fn: () => unknown) => (t.throws(fn) as { code?: string }).code;
-  t.is(code(() => host([recorder(e, 'a')], [sel('nope')])), 'WARD_PLUGIN_UNKNOWN');
-  t.is(code(() => host([recorder(e, 'a', { api: 99 })], [sel('a')])), 'WARD_PLUGIN_API_MISMATCH');
-  t.is(code(() => host([recorder(e, 'a', { dependsOn: ['b'] }), recorder(e, 'b')], [sel('a')])), 'WARD_PLUGIN_DEPENDENCY');
-  t.is(code(() => host([recorder(e, 'a', { dependsOn: ['b'] }), recorder(e, 'b', { dependsOn: ['a'] })], [sel('a'), sel('b')])), 'WARD_PLUGIN_DEPENDENCY');
+  t.is(
+    code(() => host([recorder(e, 'a')], [sel('nope')])),
+    'WARD_PLUGIN_UNKNOWN',
+  );
+  t.is(
+    code(() => host([recorder(e, 'a', { api: 99 })], [sel('a')])),
+    'WARD_PLUGIN_API_MISMATCH',
+  );
+  t.is(
+    code(() => host([recorder(e, 'a', { dependsOn: ['b'] }), recorder(e, 'b')], [sel('a')])),
+    'WARD_PLUGIN_DEPENDENCY',
+  );
+  t.is(
+    code(() => host([recorder(e, 'a', { dependsOn: ['b'] }), recorder(e, 'b', { dependsOn: ['a'] })], [sel('a'), sel('b')])),
+    'WARD_PLUGIN_DEPENDENCY',
+  );
   const err = t.throws(() => host([recorder(e, 'a')], [sel('a', { rate: 'fast' })]));
   t.is((err as { code?: string }).code, 'WARD_PLUGIN_CONFIG_INVALID');
   t.regex(err?.message ?? '', /plugin 'a' config is invalid: rate/);
