@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use, each with a command that proves it is there.
 #   mosquitto: the external MQTT broker in integration tests
+#   openssl:   issues throwaway TLS certificates for the TLS tests
 declare -A NEED=(
   [mosquitto]="/usr/sbin/mosquitto"
+  [openssl]="/usr/bin/openssl"
 )
 
 missing=()

@@ -14,6 +14,8 @@ import { freePort, waitFor } from './net.js';
 export interface Mosquitto {
   readonly port: number;
   readonly url: string;
+  /** mqtts:// URL when started with `tls`. */
+  readonly tlsUrl: string | undefined;
   readonly output: () => string;
   restart(): Promise<void>;
   stop(): Promise<void>;
@@ -25,26 +27,33 @@ export function mosquittoBinary(): string | undefined {
   return undefined;
 }
 
-export async function startMosquitto(options: { extraConfig?: string } = {}): Promise<Mosquitto> {
+export async function startMosquitto(options: { tls?: { ca: string; cert: string; key: string } } = {}): Promise<Mosquitto> {
   const bin = mosquittoBinary();
   if (bin === undefined) throw new Error('mosquitto is not installed: run scripts/setup.sh (Debian package "mosquitto")');
   const dir = await mkdtemp(join(tmpdir(), 'ward-mosquitto-'));
   await chmod(dir, 0o755);
   const port = await freePort();
+  const tlsPort = options.tls ? await freePort() : undefined;
   const conf = join(dir, 'mosquitto.conf');
-  await writeFile(
-    conf,
-    [
-      `listener ${port} 127.0.0.1`,
-      'allow_anonymous true',
-      'persistence false',
-      'log_dest stdout',
-      'log_type error',
-      'log_type warning',
-      'log_type notice',
-      options.extraConfig ?? '',
-    ].join('\n'),
-  );
+  const lines = [
+    `listener ${port} 127.0.0.1`,
+    'allow_anonymous true',
+    'persistence false',
+    'log_dest stdout',
+    'log_type error',
+    'log_type warning',
+    'log_type notice',
+  ];
+  if (options.tls) {
+    lines.push(
+      `listener ${tlsPort} 127.0.0.1`,
+      `cafile ${options.tls.ca}`,
+      `certfile ${options.tls.cert}`,
+      `keyfile ${options.tls.key}`,
+      'tls_version tlsv1.2',
+    );
+  }
+  await writeFile(conf, `${lines.join('\n')}\n`);
   let child: ChildProcess | undefined;
   let out = '';
   const launch = async () => {
@@ -56,12 +65,14 @@ export async function startMosquitto(options: { extraConfig?: string } = {}): Pr
     proc.stderr?.on('data', (d) => {
       out += d;
     });
-    await waitFor(
-      `mosquitto listening on ${port}`,
-      () => (proc.exitCode !== null ? Promise.reject(new Error(`mosquitto exited: ${out}`)) : canConnect(port)),
-      10_000,
-      50,
-    );
+    for (const p of [port, tlsPort].filter((x): x is number => x !== undefined)) {
+      await waitFor(
+        `mosquitto listening on ${p}`,
+        () => (proc.exitCode !== null ? Promise.reject(new Error(`mosquitto exited: ${out}`)) : canConnect(p)),
+        10_000,
+        50,
+      );
+    }
   };
   const halt = async () => {
     const proc = child;
@@ -77,6 +88,7 @@ export async function startMosquitto(options: { extraConfig?: string } = {}): Pr
   return {
     port,
     url: `mqtt://127.0.0.1:${port}`,
+    tlsUrl: tlsPort ? `mqtts://127.0.0.1:${tlsPort}` : undefined,
     output: () => out,
     async restart() {
       await halt();

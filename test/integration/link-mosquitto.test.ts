@@ -1,7 +1,9 @@
 import test from 'ava';
 import { startMosquitto } from '../helpers/mosquitto.js';
 import { waitFor } from '../helpers/net.js';
+import { makeTestPki } from '../helpers/pki.js';
 import { apiDevice, getJson, makeDevice, nextAppliedState, spawnWard, startTestController, writeAgentConfig } from '../helpers/stack.js';
+import { tempDir } from '../helpers/tmp.js';
 
 // Real components: Mosquitto (Debian package) on a free loopback port, the controller in this
 // process connected to it as an external broker, and the agent as a separate process.
@@ -60,4 +62,35 @@ test('a restarted controller (non-shared) reads the retained state from Mosquitt
   const fresh = await startTestController(t, { devices: [device], brokerUrl: broker.url, sharedGroup: null });
   await waitFor('retained state seen by a fresh controller', async () => (await apiDevice(fresh, device.id))?.online);
   t.pass();
+});
+
+test('over TLS: the agent verifies the broker against its pinned CA, and refuses a broker it cannot verify', async (t) => {
+  const dir = await tempDir(t);
+  const pki = await makeTestPki(dir, 'good');
+  const otherCa = await makeTestPki(dir, 'other');
+  const broker = await startMosquitto({ tls: { ca: pki.caCert, cert: pki.serverCert, key: pki.serverKey } });
+  t.teardown(() => broker.stop());
+  const tlsUrl = broker.tlsUrl as string;
+  const device = await makeDevice(t, 'gw-tls-1');
+  const controller = await startTestController(t, { devices: [device], brokerUrl: broker.url, sharedGroup: null });
+
+  const config = await writeAgentConfig(device, controller, tlsUrl, { mqtt: { url: tlsUrl, tls: { caFile: pki.caCert }, connectTimeoutMs: 10_000 } });
+  const agent = spawnWard(t, ['agent', 'run', '-c', config]);
+  await waitFor('agent online over TLS', async () => (await apiDevice(controller, device.id))?.online);
+  agent.child.kill('SIGTERM');
+  t.is(await agent.exited, 0);
+
+  const impostorConfig = await writeAgentConfig(device, controller, tlsUrl, {
+    mqtt: { url: tlsUrl, tls: { caFile: otherCa.caCert }, connectTimeoutMs: 10_000 },
+  });
+  const handledBefore = controller.registry.handledCount;
+  const refused = spawnWard(t, ['agent', 'run', '-c', impostorConfig]);
+  await waitFor(
+    'TLS verification failure logged',
+    () => /WARD_LINK_CONNECT_FAILED|control link error/.test(refused.output()) && /certificate|self.signed|verify/i.test(refused.output()),
+  );
+  t.is(controller.registry.handledCount, handledBefore, 'an agent that cannot verify the broker never got a message through');
+  t.false((await apiDevice(controller, device.id))?.online);
+  refused.child.kill('SIGTERM');
+  t.is(await refused.exited, 0);
 });
