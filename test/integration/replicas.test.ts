@@ -1,29 +1,52 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import test from 'ava';
+import YAML from 'yaml';
 import { encodeEnvelope, seal } from '../../agent/shared/envelope.js';
 import { STATE_TYPE } from '../../agent/shared/messages.js';
 import { MqttSession } from '../../agent/shared/mqtt-session.js';
 import { topics } from '../../agent/shared/topics.js';
 import { startMosquitto } from '../helpers/mosquitto.js';
-import { waitFor } from '../helpers/net.js';
+import { freePort, waitFor } from '../helpers/net.js';
 import { getJson, makeDevice, spawnWard, startTestController, writeAgentConfig } from '../helpers/stack.js';
+import { tempDir } from '../helpers/tmp.js';
 
-// Real components: one Mosquitto, two controller replicas in this process subscribed through
-// $share/ward-controller/…, a device publishing through its own MQTT session.
+// Real components: one Mosquitto, two controller replicas subscribed through
+// $share/ward-controller/… (as processes in the first test, in this process in the second),
+// a device publishing through its own MQTT session.
 
-test('two controller replicas on one Mosquitto: each device message is handled by exactly one', async (t) => {
+test('two controller processes on one Mosquitto: each device message is handled by exactly one', async (t) => {
   const broker = await startMosquitto();
   t.teardown(() => broker.stop());
   const device = await makeDevice(t, 'gw-shared-1');
-  const a = await startTestController(t, { devices: [device], brokerUrl: broker.url, replicaId: 'replica-a' });
-  const b = await startTestController(t, { devices: [device], brokerUrl: broker.url, replicaId: 'replica-b' });
-  await waitFor('both replicas connected', () => a.session.connected && b.session.connected);
+  const dir = await tempDir(t);
+  const replicas: { api: string; proc: ReturnType<typeof spawnWard> }[] = [];
+  for (const name of ['replica-a', 'replica-b']) {
+    const apiPort = await freePort();
+    const file = join(dir, `${name}.yaml`);
+    await writeFile(
+      file,
+      YAML.stringify({
+        stateDir: join(dir, name),
+        replicaId: name,
+        broker: { url: broker.url, sharedGroup: 'ward-controller' },
+        api: { host: '127.0.0.1', port: apiPort },
+        devices: [{ id: device.id, publicKey: device.key.publicRaw }],
+        log: { level: 'warn' },
+      }),
+    );
+    replicas.push({ api: `http://127.0.0.1:${apiPort}`, proc: spawnWard(t, ['controller', 'run', '-c', file]) });
+  }
+  type Health = { broker: { connected: boolean; sharedGroup: string }; messages: { handled: number; refused: Record<string, number> } };
+  const health = async () => Promise.all(replicas.map(async (r) => (await getJson<Health>(`${r.api}/api/health`)).body));
+  await waitFor('both replicas connected', async () => (await health()).every((h) => h.broker.connected));
 
   const publisher = new MqttSession({
     url: broker.url,
     clientId: 'test-device-publisher',
-    protocol: '3.1.1', // a 3.1.1 device works with 5.0 controllers sharing the load
+    protocol: '3.1.1', // a 3.1.1 device works with MQTT 5 controllers sharing the load
     keepaliveSeconds: 30,
-    connectTimeoutMs: 3_000,
+    connectTimeoutMs: 10_000,
     reconnect: { baseMs: 100, capMs: 1_000 },
   });
   publisher.start();
@@ -46,13 +69,19 @@ test('two controller replicas on one Mosquitto: each device message is handled b
     };
     await publisher.publish(topics.state(device.id), encodeEnvelope(seal(device.key, body, { ttlSeconds: 600, version: i })), { qos: 1 });
   }
-  await waitFor('all messages handled', () => a.registry.handledCount + b.registry.handledCount >= N);
+  await waitFor('all messages handled', async () => (await health()).reduce((sum, h) => sum + h.messages.handled, 0) >= N);
   // Give a duplicate delivery a chance to show up before counting (bounded).
   await new Promise((r) => setTimeout(r, 500));
-  t.is(a.registry.handledCount + b.registry.handledCount, N, 'no message was handled twice or lost');
-  t.true(a.registry.handledCount > 0 && b.registry.handledCount > 0, `load was shared (${a.registry.handledCount}/${b.registry.handledCount})`);
-  t.deepEqual(a.registry.rejections(), {});
-  t.deepEqual(b.registry.rejections(), {});
+  const [a, b] = (await health()) as [Health, Health];
+  t.is(a.messages.handled + b.messages.handled, N, 'no message was handled twice or lost');
+  t.true(a.messages.handled > 0 && b.messages.handled > 0, `load was shared (${a.messages.handled}/${b.messages.handled})`);
+  t.deepEqual(a.messages.refused, {});
+  t.deepEqual(b.messages.refused, {});
+  t.is(a.broker.sharedGroup, 'ward-controller');
+  for (const r of replicas) {
+    r.proc.child.kill('SIGTERM');
+    t.is(await r.proc.exited, 0);
+  }
 });
 
 test('RPC replies go to the replica that asked; a replica whose key the agent does not trust gets no answer', async (t) => {
