@@ -1,4 +1,4 @@
-import { Level } from 'level';
+import type { Level } from 'level';
 import { ErrorCodes, WardError } from '../agent/core/errors.js';
 
 /**
@@ -55,6 +55,9 @@ export class LevelDeviceStore implements DeviceStore {
   }
 
   static async open(location: string): Promise<LevelDeviceStore> {
+    // Loaded on first use: in the single binary this extracts and dlopens the LevelDB addon, which
+    // commands that never open a store (`ward --version`, the agent today) should not pay for.
+    const { Level } = await import('level');
     const db = new Level<string, DeviceRecord>(location, { valueEncoding: 'json' });
     try {
       await db.open();

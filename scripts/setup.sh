@@ -6,16 +6,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use, each with a command that proves it is there.
-#   mosquitto: the external MQTT broker in integration tests
-#   openssl:   issues throwaway TLS certificates for the TLS tests
+#   mosquitto:        the external MQTT broker in integration tests
+#   openssl:          issues throwaway TLS certificates for the TLS tests
+#   qemu-user-static: runs the arm64/armv7 binaries (and makes the armv7 SEA blob)
+#   *-cross:          ARM C/C++ runtimes qemu loads the stock Node binaries with
+#   binutils-*:       strips the ARM binaries
 declare -A NEED=(
   [mosquitto]="/usr/sbin/mosquitto"
   [openssl]="/usr/bin/openssl"
+  [qemu-user-static]="/usr/bin/qemu-aarch64-static"
+  [libc6-arm64-cross]="/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1"
+  [libstdc++6-arm64-cross]="/usr/aarch64-linux-gnu/lib/libstdc++.so.6"
+  [libgcc-s1-arm64-cross]="/usr/aarch64-linux-gnu/lib/libgcc_s.so.1"
+  [libatomic1-arm64-cross]="/usr/aarch64-linux-gnu/lib/libatomic.so.1"
+  [libc6-armhf-cross]="/usr/arm-linux-gnueabihf/lib/ld-linux-armhf.so.3"
+  [libstdc++6-armhf-cross]="/usr/arm-linux-gnueabihf/lib/libstdc++.so.6"
+  [libgcc-s1-armhf-cross]="/usr/arm-linux-gnueabihf/lib/libgcc_s.so.1"
+  [libatomic1-armhf-cross]="/usr/arm-linux-gnueabihf/lib/libatomic.so.1"
+  [binutils-aarch64-linux-gnu]="/usr/bin/aarch64-linux-gnu-strip"
+  [binutils-arm-linux-gnueabihf]="/usr/bin/arm-linux-gnueabihf-strip"
 )
 
 missing=()
 for pkg in "${!NEED[@]}"; do
-  [ -x "${NEED[$pkg]}" ] || missing+=("$pkg")
+  [ -e "${NEED[$pkg]}" ] || missing+=("$pkg")
 done
 
 if [ "${#missing[@]}" -gt 0 ]; then

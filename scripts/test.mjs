@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `npm test`: the hygiene checks and the whole ava suite, ending with the one
 // plain line CI reads as the test count: "N passed, N failed[, N skipped]".
-// Type-check and lint count as one check each. ava exits non-zero without a
+// Type-check, lint and the binary build count as one check each. ava exits non-zero without a
 // failed test when a test file leaves handles open (it times out waiting for
 // the worker to exit): that is counted as a failure too, never hidden.
 import { spawn } from 'node:child_process';
@@ -32,10 +32,15 @@ let failed = 0;
 let skipped = 0;
 const failures = [];
 
-for (const [name, cmd, cmdArgs] of [
+// The single binaries are built on every run, so every feature is proven inside them
+// (test/e2e/binary.test.ts). WARD_SKIP_BINARY=1 skips the build for a quick local loop; the
+// binary tests then fail loudly rather than pass on a stale build.
+const steps = [
   ['typecheck', 'npx', ['tsc', '--noEmit', '-p', '.']],
   ['lint', 'npx', ['biome', 'check', '.']],
-]) {
+];
+if (process.env.WARD_SKIP_BINARY !== '1') steps.push(['build:binary', 'node', ['scripts/build-binary.mjs']]);
+for (const [name, cmd, cmdArgs] of steps) {
   process.stdout.write(`\n== ${name} ==\n`);
   const { code } = await run(cmd, cmdArgs);
   if (code === 0) passed++;
