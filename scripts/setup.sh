@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 #   qemu-user-static: runs the arm64/armv7 binaries (and makes the armv7 SEA blob)
 #   *-cross:          ARM C/C++ runtimes qemu loads the stock Node binaries with
 #   binutils-*:       strips the ARM binaries
+#   systemd:          systemd-notify (watchdog driver test) and systemd-analyze (unit check)
+#   python3:          stands in for systemd's notify socket in the watchdog test
 declare -A NEED=(
   [mosquitto]="/usr/sbin/mosquitto"
   [openssl]="/usr/bin/openssl"
@@ -25,6 +27,8 @@ declare -A NEED=(
   [libatomic1-armhf-cross]="/usr/arm-linux-gnueabihf/lib/libatomic.so.1"
   [binutils-aarch64-linux-gnu]="/usr/bin/aarch64-linux-gnu-strip"
   [binutils-arm-linux-gnueabihf]="/usr/bin/arm-linux-gnueabihf-strip"
+  [systemd]="/usr/bin/systemd-notify"
+  [python3]="/usr/bin/python3"
 )
 
 missing=()
