@@ -42,35 +42,55 @@ export const pluginEntrySchema = z.strictObject({
   config: z.record(z.string(), z.unknown()).default({}),
 });
 
-export const agentConfigSchema = z.strictObject({
-  deviceId: z.string().regex(DEVICE_ID_PATTERN, 'expected 1-64 of [A-Za-z0-9._-], starting alphanumeric'),
-  /** Where keys and persistent state live (0700). */
-  stateDir: z.string().min(1),
-  controller: z.strictObject({
-    /** The controller's signing key. Until enrollment (identity issue) lands, pinned here. */
-    publicKey: b64urlKey,
-  }),
-  mqtt: mqttSchema,
-  state: z
-    .strictObject({
-      /** Re-publish the retained state this often even without change, so the controller sees liveness. */
-      heartbeatSeconds: z.number().int().min(5).max(86_400).default(300),
-    })
-    .default({ heartbeatSeconds: 300 }),
-  rpc: z
-    .strictObject({
-      timeoutMs: duration.default(10_000),
-    })
-    .default({ timeoutMs: 10_000 }),
-  log: z
-    .strictObject({
-      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-    })
-    .default({ level: 'info' }),
-  plugins: z.array(pluginEntrySchema).default([]),
-  shutdownTimeoutMs: duration.default(5_000),
+export const hardwareSchema = z.strictObject({
+  /** Where /proc, /sys and /dev are read: '/' on a gateway, a fixture tree in tests. */
+  root: z.string().min(1).default('/'),
+  /** 'auto' detects the board from the device tree or DMI; or a profile id (rpi4, rpi-cm4-dual-eth, rpi5, generic). */
+  board: z.string().min(1).default('auto'),
+  /** 'auto' uses the board's status LED when it has one; 'none'; or an LED name under /sys/class/leds. */
+  statusLed: z.string().min(1).default('auto'),
+  /** 'auto' uses systemd's watchdog when started by systemd (NOTIFY_SOCKET); 'none'. */
+  watchdog: z.enum(['auto', 'none']).default('auto'),
+  /** Where a USB barcode/QR scanner's keystrokes arrive: 'stdin' (systemd TTYPath), a tty path, or null. */
+  scanner: z.string().min(1).nullable().default(null),
 });
+
+export const agentConfigSchema = z
+  .strictObject({
+    /**
+     * Identity: deviceId + controller + mqtt together (static provisioning, until enrollment by QR
+     * code lands), or none of them: the agent then waits, unprovisioned, for its enrollment QR code.
+     */
+    deviceId: z.string().regex(DEVICE_ID_PATTERN, 'expected 1-64 of [A-Za-z0-9._-], starting alphanumeric').optional(),
+    /** Where keys and persistent state live (0700). */
+    stateDir: z.string().min(1),
+    controller: z
+      .strictObject({
+        /** The controller's signing key. Until enrollment (identity issue) lands, pinned here. */
+        publicKey: b64urlKey,
+      })
+      .optional(),
+    mqtt: mqttSchema.optional(),
+    hardware: hardwareSchema.default({ root: '/', board: 'auto', statusLed: 'auto', watchdog: 'auto', scanner: null }),
+    state: z
+      .strictObject({
+        /** Re-publish the retained state this often even without change, so the controller sees liveness. */
+        heartbeatSeconds: z.number().int().min(5).max(86_400).default(300),
+      })
+      .default({ heartbeatSeconds: 300 }),
+    log: z
+      .strictObject({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      })
+      .default({ level: 'info' }),
+    plugins: z.array(pluginEntrySchema).default([]),
+    shutdownTimeoutMs: duration.default(5_000),
+  })
+  .refine((c) => [c.deviceId, c.controller, c.mqtt].every((v) => v === undefined) || [c.deviceId, c.controller, c.mqtt].every((v) => v !== undefined), {
+    message: 'deviceId, controller and mqtt go together: set all three (static provisioning) or none (wait for the enrollment QR code)',
+  });
 
 export type AgentConfigInput = z.input<typeof agentConfigSchema>;
 export type AgentConfig = z.output<typeof agentConfigSchema>;
-export type MqttConfig = AgentConfig['mqtt'];
+export type MqttConfig = z.output<typeof mqttSchema>;
+export type HardwareConfig = z.output<typeof hardwareSchema>;
