@@ -23,9 +23,9 @@ import { idleMemory, median, round, wallTime } from './lib.js';
  *     against bare-node baselines (`node -e 0` wall, idle RSS).
  *  3. Once: the arm64 binary under qemu-user, emulated, for trend only.
  * Each agent run is the first start of a fresh device (test/bench/agent-harness.ts);
- * the binaries get WARD_CACHE_DIR in a temp folder (one per variant, so the
- * first run of each extracts the LevelDB addon and later runs reuse it) and
- * run from a temp cwd, away from node_modules. Every wait is bounded;
+ * the binaries get WARD_CACHE_DIR in a temp folder (one per variant; the
+ * embedded LevelDB addon would be extracted there, though the agent itself
+ * does not open LevelDB) and run from a temp cwd, away from node_modules. Every wait is bounded;
  * processes, controller and temp folders are cleaned up.
  */
 const RUNS = 3;
@@ -249,7 +249,7 @@ export default async function binaryBench(): Promise<BenchResult> {
     );
     if (bareX64.status === 'fulfilled' && bareX64.value) {
       figures.push(
-        f('baseline.node22_idle_rss_mb', `baseline: bare node ${targets['linux-x64']?.version} (x64 binary's own) RSS`, kibToMb(bareX64.value.rss), 'MiB'),
+        f('baseline.node22_idle_rss_mb', `baseline: bare node ${targets['linux-x64']?.version} (the x64 binary's) RSS`, kibToMb(bareX64.value.rss), 'MiB'),
       );
     }
     const source = variants.find((v) => v.key === 'source');
@@ -261,13 +261,15 @@ export default async function binaryBench(): Promise<BenchResult> {
         f(`${k}.version_ms`, `${v.label}: --version, wall (median 3)`, round(versionWall.get(v.key) ?? Number.NaN), 'ms'),
         f(`${k}.online_ms`, `${v.label}: spawn → online (median ${RUNS})`, round(s.onlineMs), 'ms'),
         f(`${k}.online_runs`, `${v.label}: spawn → online, each run`, s.each, 'ms'),
-        f(`${k}.idle_rss_mb`, `${v.label}: RSS after ${IDLE_MS / 1000} s online + idle (median)`, kibToMb(s.rss), 'MiB'),
+        f(`${k}.idle_rss_mb`, `${v.label}: RSS, ${IDLE_MS / 1000} s online + idle (median)`, kibToMb(s.rss), 'MiB'),
         f(`${k}.peak_rss_mb`, `${v.label}: peak RSS, VmHWM (median)`, kibToMb(s.peak), 'MiB'),
-        f(`${k}.still_online`, `${v.label}: still online after idle (all runs)`, s.stillOnline),
+        f(`${k}.still_online`, `${v.label}: online after idle (all runs)`, s.stillOnline),
         f(`${k}.clean_stop`, `${v.label}: SIGTERM → exit 0 (all runs)`, s.cleanStop),
       );
-      if (v.key !== 'source')
-        figures.push(f(`${k}.addon_extracted`, `${v.label}: LevelDB addon extracted to WARD_CACHE_DIR`, await hasNativeCache(v.cacheDir)));
+      if (v.key !== 'source') {
+        const extracted = await hasNativeCache(v.cacheDir);
+        figures.push(f(`${k}.addon`, `${v.label}: LevelDB addon in WARD_CACHE_DIR`, extracted ? 'extracted' : 'not loaded'));
+      }
     }
     for (const v of variants) {
       const s = summarise(v.runs);
@@ -287,25 +289,26 @@ export default async function binaryBench(): Promise<BenchResult> {
       }
     }
     if (arm64Run) {
-      const label = 'arm64 binary under qemu (emulated, for trend only)';
+      const label = 'arm64/qemu';
       figures.push(
+        f('qemu.arm64.what', `${label}: dist/ward-linux-arm64 under ${arm64Qemu?.bin}`, 'emulated, for trend only'),
         f('qemu.arm64.online_ms', `${label}: spawn → online (1 run)`, round(arm64Run.onlineMs), 'ms'),
         f('qemu.arm64.idle_rss_mb', `${label}: qemu RSS after ${IDLE_MS / 1000} s online + idle`, kibToMb(arm64Run.rss), 'MiB'),
-        f('qemu.arm64.peak_rss_mb', `${label}: qemu peak RSS`, kibToMb(arm64Run.peak), 'MiB'),
+        f('qemu.arm64.peak_rss_mb', `${label}: qemu peak RSS, VmHWM`, kibToMb(arm64Run.peak), 'MiB'),
         f('qemu.arm64.still_online', `${label}: still online after idle`, arm64Run.stillOnline),
         f('qemu.arm64.clean_stop', `${label}: SIGTERM → exit 0`, arm64Run.cleanStop),
       );
       if (bareArm64.status === 'fulfilled' && bareArm64.value) {
         figures.push(
-          f('qemu.arm64.node_idle_rss_mb', `baseline under qemu: bare arm64 node ${targets['linux-arm64']?.version} RSS`, kibToMb(bareArm64.value.rss), 'MiB'),
+          f('qemu.arm64.node_idle_rss_mb', `${label}: baseline bare node ${targets['linux-arm64']?.version} RSS`, kibToMb(bareArm64.value.rss), 'MiB'),
         );
       }
       const binary = variants.find((v) => v.key === 'binary');
       if (binary) {
         const s = summarise(binary.runs);
         figures.push(
-          f('qemu.arm64.online_vs_x64', 'ratio arm64/qemu / (a) x64 binary: online time', round(arm64Run.onlineMs / s.onlineMs), '×'),
-          f('qemu.arm64.rss_vs_x64', 'ratio arm64/qemu / (a) x64 binary: RSS', round(arm64Run.rss / s.rss), '×'),
+          f('qemu.arm64.online_vs_x64', 'ratio arm64/qemu / (a): online time', round(arm64Run.onlineMs / s.onlineMs), '×'),
+          f('qemu.arm64.rss_vs_x64', 'ratio arm64/qemu / (a): RSS', round(arm64Run.rss / s.rss), '×'),
         );
       }
     }
@@ -315,7 +318,7 @@ export default async function binaryBench(): Promise<BenchResult> {
       `sizes: xz -T0 -${XZ_LEVEL} (-9 gains little and takes ~70 s per binary); MiB = 2^20 bytes`,
       `x64 runs interleaved a, b, c × ${RUNS}; each is the first start of a fresh device (new state folder, key pre-registered), no plugins; controller + embedded aedes broker run in the bench process`,
       `(a) carries Node ${manifest?.targets['linux-x64']?.node ?? '?'}, (b) and (c) run on the host's Node ${process.version}: (a) vs (b) differs in Node version as well as SEA packaging`,
-      '(a), (b) and arm64 run with WARD_CACHE_DIR in a temp folder (one per variant: run 1 extracts the addon, later runs reuse it) and cwd outside the repository',
+      '(a), (b) and arm64 run with WARD_CACHE_DIR in a temp folder (one per variant) and cwd outside the repository; the agent never opens LevelDB (only the controller store does), so "not loaded" is expected',
       'under qemu the RSS is the qemu-user process: emulator + guest Node + agent; compare with the bare arm64 node baseline under qemu, not with native figures',
     );
     return { figures, notes };

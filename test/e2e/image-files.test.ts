@@ -53,3 +53,25 @@ test('the unit keeps the properties the agent relies on', async (t) => {
     t.true(text.split('\n').includes(line), line);
   }
 });
+
+test('the image ships an agent config the agent accepts, with no identity (waits for its QR code)', async (t) => {
+  const { loadConfigFile } = await import('../../agent/config/load.js');
+  const { agentConfigSchema } = await import('../../agent/config/schema.js');
+  const config = await loadConfigFile(join(REPO_ROOT, 'images/rootfs/etc/ward/agent.yaml'), agentConfigSchema);
+  t.is(config.deviceId, undefined);
+  t.is(config.hardware.scanner, 'stdin');
+  t.is(config.stateDir, '/var/lib/ward/agent');
+});
+
+test('the setup unit also passes systemd-analyze verify', async (t) => {
+  const dir = await tempDir(t);
+  const text = await readFile(join(REPO_ROOT, 'images/rootfs/usr/lib/systemd/system/ward-setup.service'), 'utf8');
+  const file = join(dir, 'ward-setup.service');
+  await writeFile(file, text.replace('/usr/libexec/ward/setup', join(REPO_ROOT, 'images/rootfs/usr/libexec/ward/setup')));
+  const { stdout, stderr } = await run('systemd-analyze', ['verify', file]).catch((e: { stdout: string; stderr: string }) => e);
+  t.is((stdout + stderr).trim(), '');
+});
+
+test('the boot setup script is valid POSIX sh', async (t) => {
+  await t.notThrowsAsync(run('sh', ['-n', join(REPO_ROOT, 'images/rootfs/usr/libexec/ward/setup')]));
+});
