@@ -1,9 +1,9 @@
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { freePort, waitFor } from '../helpers/net.js';
-import { apiDevice, getJson, makeDevice, REPO_ROOT, startTestController, writeAgentConfig } from '../helpers/stack.js';
+import { apiDevice, getJson, makeDevice, REPO_ROOT, spawnProcess, startTestController, writeAgentConfig } from '../helpers/stack.js';
 import { tempDir } from '../helpers/tmp.js';
 
 // The real single binaries from `npm run build:binary` (npm test builds them first): x64 natively,
@@ -29,19 +29,7 @@ function command(target: string, args: string[]): [string, string[]] {
 
 function spawnBinary(t: ExecutionContext, target: string, args: string[], cacheDir: string) {
   const [cmd, argv] = command(target, args);
-  const child: ChildProcess = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, WARD_CACHE_DIR: cacheDir } });
-  let out = '';
-  child.stdout?.on('data', (d) => {
-    out += d;
-  });
-  child.stderr?.on('data', (d) => {
-    out += d;
-  });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  return { child, exited, output: () => out };
+  return spawnProcess(t, cmd, argv, { WARD_CACHE_DIR: cacheDir });
 }
 
 test('the build wrote a manifest for all three targets, and its hashes match the files', (t) => {

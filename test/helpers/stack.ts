@@ -92,9 +92,14 @@ export interface AgentProcess {
   readonly exited: Promise<number | null>;
 }
 
-/** Runs `ward agent run -c <config>` in its own process (so kill -9 is real). Killed at test end if still running. */
+/** Runs `ward <args>` from source in its own process (so kill -9 is real). Killed at test end if still running. */
 export function spawnWard(t: ExecutionContext, args: string[], env: NodeJS.ProcessEnv = {}): AgentProcess {
-  const child = spawn(process.execPath, [WARD_CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  return spawnProcess(t, process.execPath, [WARD_CLI, ...args], env);
+}
+
+/** Any command, its stdout and stderr collected together; killed at test end if still running. */
+export function spawnProcess(t: ExecutionContext, command: string, args: string[], env: NodeJS.ProcessEnv = {}): AgentProcess {
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let out = '';
   child.stdout?.on('data', (d) => {
     out += d;
