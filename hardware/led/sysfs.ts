@@ -1,10 +1,12 @@
 import type { HostFs, LedPattern, StatusLed } from '../api/index.js';
 
 /**
- * A status LED through the kernel's LED class (/sys/class/leds/<name>):
- * steady = trigger "none" + brightness; blink = trigger "timer" with
- * delay_on/delay_off, so the kernel blinks it and a hung agent cannot leave
- * it frozen mid-blink. Writing needs root (or a udev rule for the group).
+ * A status LED through the kernel's LED class (/sys/class/leds/<name>), always
+ * on the "timer" trigger: the kernel does the blinking (a hung agent cannot
+ * freeze it mid-blink), and every pattern is just delay_on/delay_off —
+ * delay_on 0 is off, delay_off 0 is steady on (ledtrig-timer semantics). So
+ * an unprivileged service needs write access to those two files only; the
+ * image's udev rule selects the trigger at boot and grants that access.
  */
 export class SysfsLed implements StatusLed {
   readonly #dir: string;
@@ -17,33 +19,33 @@ export class SysfsLed implements StatusLed {
 
   /** The first LED of `candidates` present on this board, if any. */
   static async find(fs: HostFs, candidates: readonly string[]): Promise<SysfsLed | undefined> {
-    for (const name of candidates) if (await fs.exists(`/sys/class/leds/${name}/brightness`)) return new SysfsLed(fs, name);
+    for (const name of candidates) if (await fs.exists(`/sys/class/leds/${name}/trigger`)) return new SysfsLed(fs, name);
     return undefined;
   }
 
   async show(pattern: LedPattern): Promise<void> {
-    if (pattern.mode === 'blink') {
-      await this.fs.writeText(`${this.#dir}/trigger`, 'timer');
-      // The timer trigger creates delay_on/delay_off once selected; set them after.
-      await this.fs.writeText(`${this.#dir}/delay_on`, String(pattern.onMs));
-      await this.fs.writeText(`${this.#dir}/delay_off`, String(pattern.offMs));
-      return;
-    }
-    await this.fs.writeText(`${this.#dir}/trigger`, 'none');
-    const max = Number((await this.fs.readText(`${this.#dir}/max_brightness`))?.trim() ?? '1') || 1;
-    await this.fs.writeText(`${this.#dir}/brightness`, pattern.mode === 'on' ? String(max) : '0');
+    if ((await this.#trigger()) !== 'timer') await this.fs.writeText(`${this.#dir}/trigger`, 'timer');
+    const [onMs, offMs] = pattern.mode === 'blink' ? [pattern.onMs, pattern.offMs] : pattern.mode === 'on' ? [1, 0] : [0, 1];
+    // Order matters for a glitch-free switch: the kernel restarts the blink on each write.
+    await this.fs.writeText(`${this.#dir}/delay_off`, String(offMs));
+    await this.fs.writeText(`${this.#dir}/delay_on`, String(onMs));
   }
 
   async current(): Promise<LedPattern> {
-    const trigger = (await this.fs.readText(`${this.#dir}/trigger`)) ?? '';
-    // The kernel lists every trigger and brackets the active one; a plain value is what we wrote (fixtures).
-    const active = /\[([^\]]+)\]/.exec(trigger)?.[1] ?? trigger.trim();
-    if (active === 'timer') {
-      const onMs = Number((await this.fs.readText(`${this.#dir}/delay_on`))?.trim());
-      const offMs = Number((await this.fs.readText(`${this.#dir}/delay_off`))?.trim());
-      return { mode: 'blink', onMs, offMs };
+    if ((await this.#trigger()) !== 'timer') {
+      const brightness = Number((await this.fs.readText(`${this.#dir}/brightness`))?.trim() ?? '0');
+      return brightness > 0 ? { mode: 'on' } : { mode: 'off' };
     }
-    const brightness = Number((await this.fs.readText(`${this.#dir}/brightness`))?.trim() ?? '0');
-    return brightness > 0 ? { mode: 'on' } : { mode: 'off' };
+    const onMs = Number((await this.fs.readText(`${this.#dir}/delay_on`))?.trim() ?? '0');
+    const offMs = Number((await this.fs.readText(`${this.#dir}/delay_off`))?.trim() ?? '0');
+    if (onMs === 0) return { mode: 'off' };
+    if (offMs === 0) return { mode: 'on' };
+    return { mode: 'blink', onMs, offMs };
+  }
+
+  async #trigger(): Promise<string> {
+    const text = (await this.fs.readText(`${this.#dir}/trigger`)) ?? '';
+    // The kernel lists every trigger and brackets the active one; a plain value is what a fixture holds.
+    return /\[([^\]]+)\]/.exec(text)?.[1] ?? text.trim();
   }
 }
