@@ -13,7 +13,7 @@ import { parseDeviceTopic, topics } from './topics.js';
  * go controller → device on `ward/v1/<id>/cmd`; replies come back under the
  * device's own tree, `ward/v1/<id>/reply/<replica>`, to the replica that asked.
  */
-export type Publish = (topic: string, payload: Buffer, opts: { qos: 0 | 1; retain?: boolean }) => Promise<void>;
+export type Publish = (topic: string, payload: Buffer, opts: { qos: 0 | 1; retain?: boolean; messageExpirySeconds?: number }) => Promise<void>;
 
 export const CONTROLLER_PRINCIPAL = 'controller';
 const REQUEST_TTL_SECONDS = 60;
@@ -55,7 +55,8 @@ export class RpcClient {
       this.#pending.set(corr, { deviceId, resolve, reject, timer });
     });
     try {
-      await this.deps.publish(topics.cmd(deviceId), encodeEnvelope(envelope), { qos: 1 });
+      // On MQTT 5 the broker also drops a command nobody fetched before it expires (3.3.2.3.3).
+      await this.deps.publish(topics.cmd(deviceId), encodeEnvelope(envelope), { qos: 1, messageExpirySeconds: REQUEST_TTL_SECONDS });
     } catch (err) {
       const pending = this.#pending.get(corr);
       if (pending) {
