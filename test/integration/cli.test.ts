@@ -66,12 +66,15 @@ test('ward dev brings up controller + broker + agent, shows it online, and stops
   const device = await waitFor(
     'dev agent online',
     async () => {
+      if (p.child.exitCode !== null) throw new Error(`ward dev exited with ${p.child.exitCode}: ${p.output()}`);
       const { body } = await getJson<{ devices: { id: string; online: boolean; plugins: string[] }[] }>(`${api}/api/devices`);
       return body.devices.find((d) => d.online);
     },
-    30_000,
+    90_000,
     250,
-  );
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}\n--- ward dev output ---\n${p.output()}`);
+  });
   t.is(device.id, 'dev-gw-1');
   t.deepEqual(device.plugins, ['sim']);
   await waitFor('banner printed', () => p.output().includes('Press Ctrl-C to stop.'));
