@@ -92,6 +92,21 @@ function runTargetNode(spec, node, args) {
   return run(spec.qemu.bin, ['-L', spec.qemu.sysroot, node, ...args]);
 }
 
+/** "name@version" of every npm package with code in the bundle (nested copies included), from esbuild's metafile. */
+async function bundledPackages(metafile) {
+  const dirs = new Set();
+  for (const input of Object.keys(metafile.inputs)) {
+    const m = /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input);
+    if (m) dirs.add(m[1]);
+  }
+  const out = new Set();
+  for (const dir of dirs) {
+    const { name, version } = JSON.parse(await readFile(resolve(ROOT, dir, 'package.json'), 'utf8'));
+    out.add(`${name}@${version}`);
+  }
+  return [...out].sort();
+}
+
 async function bundle(target, spec, outfile) {
   const prebuild = join(ROOT, 'node_modules/classic-level/prebuilds', spec.prebuild);
   if (!existsSync(prebuild)) fail(`missing LevelDB prebuild ${prebuild} (npm ci first)`);
@@ -111,7 +126,8 @@ async function bundle(target, spec, outfile) {
       }));
     },
   };
-  await esbuild.build({
+  const result = await esbuild.build({
+    metafile: true,
     entryPoints: [join(ROOT, 'scripts/binary/entry.ts')],
     bundle: true,
     platform: 'node',
@@ -125,6 +141,7 @@ async function bundle(target, spec, outfile) {
     // Optional peers that ws and debug probe with try/catch; absent in the binary by design.
     external: ['bufferutil', 'utf-8-validate', 'supports-color'],
   });
+  return bundledPackages(result.metafile);
 }
 
 async function buildTarget(target) {
@@ -134,7 +151,7 @@ async function buildTarget(target) {
   await mkdir(work, { recursive: true });
   const node = await baseNode(spec);
   const bundleFile = join(work, 'ward.cjs');
-  await bundle(target, spec, bundleFile);
+  const packages = await bundle(target, spec, bundleFile);
   const blob = join(work, 'sea.blob');
   const seaConfig = join(work, 'sea-config.json');
   await writeFile(seaConfig, JSON.stringify({ main: bundleFile, output: blob, disableExperimentalSEAWarning: true, useCodeCache: false, useSnapshot: false }));
@@ -168,6 +185,7 @@ async function buildTarget(target) {
     stripped,
     bundleSha256: sha256(bundleBytes),
     nativeAddons: { 'classic-level': sha256(await readFile(join(ROOT, 'node_modules/classic-level/prebuilds', spec.prebuild))) },
+    packages,
   };
 }
 
@@ -193,4 +211,8 @@ for (const target of wanted) {
   log(`${target}: ${manifest.targets[target].size} bytes, sha256 ${manifest.targets[target].sha256.slice(0, 16)}… (${Date.now() - t0} ms)`);
 }
 await writeFile(manifestFile, `${JSON.stringify(manifest, null, 2)}\n`);
+// What ends up on a gateway, for review: test/e2e/binary.test.ts compares it with the committed
+// scripts/binary/bundled-packages.txt, so a new dependency inside the binary is a visible change.
+const bundled = [...new Set(Object.values(manifest.targets).flatMap((t) => t.packages ?? []))].sort();
+await writeFile(join(opts.out, 'bundled-packages.txt'), `${bundled.join('\n')}\n`);
 log(`wrote ${manifestFile} (${Date.now() - started} ms)`);

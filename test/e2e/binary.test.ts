@@ -107,3 +107,10 @@ for (const target of Object.keys(RUNNERS)) {
     t.is(await dev.exited, 0, dev.output().slice(-2000));
   });
 }
+
+test('the packages inside the binary are the reviewed list (scripts/binary/bundled-packages.txt)', (t) => {
+  const built = readFileSync(join(DIST, 'bundled-packages.txt'), 'utf8');
+  const reviewed = readFileSync(join(REPO_ROOT, 'scripts/binary/bundled-packages.txt'), 'utf8');
+  // A dependency that enters (or leaves) the gateway binary must show up as a change to the reviewed list.
+  t.is(built, reviewed, 'update scripts/binary/bundled-packages.txt from dist/bundled-packages.txt after reviewing the change');
+});
