@@ -70,6 +70,8 @@ say "board $board, ward $version, mirror $mirror"
 start=$(date +%s)
 
 # Hooks run on the host with "$1" = the root filesystem; `chroot "$1"` runs arm64 code via binfmt.
+# update-initramfs is diverted to /bin/true while packages install (every kernel, udev or kmod
+# trigger would rebuild the initrd, ~15 min each under emulation) and run once at the end.
 mmdebstrap \
   --mode=root --architectures=arm64 --variant=minbase \
   --components=main,non-free-firmware \
@@ -77,6 +79,8 @@ mmdebstrap \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
   --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && echo "COMPRESS=zstd" > "$1/etc/initramfs-tools/conf.d/compress"' \
+  --essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && ln -s /bin/true "$1/usr/sbin/update-initramfs"' \
+  --customize-hook='rm "$1/usr/sbin/update-initramfs" && chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && chroot "$1" update-initramfs -c -k all' \
   --customize-hook="cp -a '$here/rootfs/.' \"\$1/\"" \
   --customize-hook="install -m 0755 '$binary' \"\$1/usr/bin/ward\"" \
   --customize-hook="install -m 0644 '$fleet_key' \"\$1/etc/ward/fleet-root.pub\"" \
