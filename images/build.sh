@@ -24,6 +24,7 @@ binary="$repo/dist/ward-linux-arm64"
 out="$repo/dist/images"
 mirror="http://deb.debian.org/debian"
 keep_work=0
+reuse=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --board) board=$2; shift 2 ;;
@@ -32,6 +33,9 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --mirror) mirror=$2; shift 2 ;;
     --keep-work) keep_work=1; shift ;;
+    # Reuse the root filesystem of an earlier --keep-work run (iterate on the partition steps without
+    # the ~30 min emulated package install).
+    --reuse-work) reuse=$2; keep_work=1; shift 2 ;;
     *) echo "build-image: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -40,7 +44,7 @@ die() { echo "build-image: $*" >&2; exit 1; }
 say() { echo "build-image: $*" >&2; }
 
 case "$board" in
-  rpi4) dtbs="bcm2711-rpi-4-b.dtb bcm2711-rpi-cm4.dtb bcm2711-rpi-400.dtb" ;;
+  rpi4) dtbs="bcm2711-rpi-4-b.dtb bcm2711-rpi-cm4-io.dtb bcm2711-rpi-400.dtb" ;;
   *) die "unknown board '$board' (known: rpi4)" ;;
 esac
 [ "$(id -u)" -eq 0 ] || die "run as root (mmdebstrap root mode)"
@@ -58,17 +62,19 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
   cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register
 fi
 
-work=$(mktemp -d /var/tmp/ward-image.XXXXXX)
+if [ -n "$reuse" ]; then work=$reuse; else work=$(mktemp -d /var/tmp/ward-image.XXXXXX); fi
 cleanup() { if [ "$keep_work" = 1 ]; then say "work folder kept: $work"; else rm -rf "$work"; fi; }
 trap cleanup EXIT
 rootfs="$work/rootfs"
 bootfs="$work/boot"
+rm -rf "$bootfs" "$work/fw" "$work/state"
 mkdir -p "$bootfs" "$out"
 
 version=$("$repo/dist/ward-linux-x64" --version 2>/dev/null || node -p "require('$repo/package.json').version")
 say "board $board, ward $version, mirror $mirror"
 start=$(date +%s)
 
+if [ -z "$reuse" ]; then
 # Hooks run on the host with "$1" = the root filesystem; `chroot "$1"` runs arm64 code via binfmt.
 # update-initramfs is diverted to /bin/true while packages install (every kernel, udev or kmod
 # trigger would rebuild the initrd, ~15 min each under emulation) and run once at the end.
@@ -93,6 +99,7 @@ mmdebstrap \
   --customize-hook='chroot "$1" sh -c "cd /tmp && apt-get download raspi-firmware" && mv "$1"/tmp/raspi-firmware_*.deb "$1/../"' \
   --customize-hook='rm -rf "$1/var/lib/apt/lists/"* "$1/var/cache/apt/"*.bin' \
   bookworm "$rootfs" "deb $mirror bookworm main non-free-firmware"
+fi
 say "root filesystem done ($(( $(date +%s) - start )) s)"
 
 # Boot partition: firmware from Debian's raspi-firmware, kernel/initrd/device trees from the root filesystem.

@@ -5,10 +5,13 @@
 # and the guest has no network (-nic none). Debian's arm64 kernel drives
 # both the Raspberry Pi and the virt machine, so the same root filesystem
 # boots here; only the firmware stage is the Pi's own.
-# Usage: scripts/boot-image.sh [dist/images/ward-rpi4.img] [timeout-seconds]
+# It then keeps watching for `observe` seconds (default 75, over two
+# WatchdogSec=30s periods): a watchdog timeout or a failed agent fails the check.
+# Usage: scripts/boot-image.sh [dist/images/ward-rpi4.img] [timeout-seconds] [observe-seconds]
 set -euo pipefail
 img=${1:-dist/images/ward-rpi4.img}
 timeout_s=${2:-900}
+observe_s=${3:-75}
 base=${img%.img}
 [ -f "$img" ] || { echo "boot-image: $img missing (npm run build:image)" >&2; exit 2; }
 for f in "$base.vmlinuz" "$base.initrd.img"; do [ -f "$f" ] || { echo "boot-image: $f missing" >&2; exit 2; }; done
@@ -31,10 +34,22 @@ while [ $(( $(date +%s) - start )) -lt "$timeout_s" ]; do
 done
 elapsed=$(( $(date +%s) - start ))
 if [ $result -eq 0 ]; then
+  sleep "$observe_s"
+  if grep -Eqi 'ward-agent.service: (Watchdog timeout|Failed|Main process exited)' "$log"; then
+    echo "boot-image: the agent reached provisioning but then failed:" >&2
+    grep -Ei 'ward-agent.service' "$log" | tail -10 | sed 's/^/  /' >&2
+    result=1
+  elif ! kill -0 $qemu 2>/dev/null; then
+    echo "boot-image: the guest stopped while being observed" >&2
+    result=1
+  fi
+fi
+if [ $result -eq 0 ]; then
   echo "boot-image: agent is waiting for provisioning after ${elapsed} s of emulated boot"
+  echo "boot-image: still healthy after ${observe_s} s more (watchdog pings accepted, no restart)"
   grep -E 'ward-setup|hardware detected|waiting for provisioning|ward-agent' "$log" | sed 's/^/  /' | head -20
 else
-  echo "boot-image: agent did not reach 'waiting for provisioning' within ${elapsed} s; last console lines:" >&2
+  echo "boot-image: FAILED (waiting for provisioning seen: $(grep -c 'waiting for provisioning' "$log"), after ${elapsed} s); last console lines:" >&2
   tail -40 "$log" | sed 's/^/  /' >&2
 fi
 echo "boot-image: full console log in $log"
