@@ -10,6 +10,7 @@ import { readJsonFile, writeFileAtomic } from '../state/files.js';
  */
 export class VersionCounter {
   #last = 0;
+  #queue: Promise<unknown> = Promise.resolve();
   constructor(
     private readonly file: string,
     private readonly now: () => number = Date.now,
@@ -27,11 +28,15 @@ export class VersionCounter {
     return this.#last;
   }
 
-  /** Reserves and persists the next version. Not for concurrent callers: await each. */
-  async next(): Promise<number> {
-    const v = Math.max(this.#last + 1, Math.floor(this.now()));
-    await writeFileAtomic(this.file, JSON.stringify({ last: v }));
-    this.#last = v;
-    return v;
+  /** Reserves and persists the next version. Concurrent callers are served one after another, never the same number. */
+  next(): Promise<number> {
+    const run = this.#queue.then(async () => {
+      const v = Math.max(this.#last + 1, Math.floor(this.now()));
+      await writeFileAtomic(this.file, JSON.stringify({ last: v }));
+      this.#last = v;
+      return v;
+    });
+    this.#queue = run.catch(() => undefined);
+    return run;
   }
 }

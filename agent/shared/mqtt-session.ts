@@ -66,7 +66,6 @@ export class MqttSession {
   #attempt = 0;
   #timer: NodeJS.Timeout | undefined;
   #protocol: NegotiatedProtocol;
-  #triedFive = false;
   readonly #subs: Subscription[];
 
   constructor(
@@ -152,7 +151,6 @@ export class MqttSession {
     }
     if (this.#stopped) return;
     const version = this.#protocol === '5' ? 5 : 4;
-    if (version === 5) this.#triedFive = true;
     const opts: IClientOptions = {
       clientId: this.options.clientId,
       protocolVersion: version,
@@ -233,11 +231,6 @@ export class MqttSession {
     } catch (err) {
       this.events.onError?.(asWardError(err, 'connect handler failed'));
     }
-  }
-
-  /** True once an MQTT 5 attempt was made (used by tests and diagnostics). */
-  get triedMqtt5(): boolean {
-    return this.#triedFive;
   }
 }
 

@@ -49,6 +49,17 @@ test('versions increase across restarts even when the clock goes back', async (t
   t.deepEqual(JSON.parse(await readFile(join(dir, 'versions.json'), 'utf8')), { last: 1_000_002 });
 });
 
+test('concurrent callers never get the same version', async (t) => {
+  const dir = await tempDir(t);
+  const counter = await VersionCounter.open(dir, () => 42);
+  const versions = await Promise.all(Array.from({ length: 20 }, () => counter.next()));
+  t.is(new Set(versions).size, 20);
+  t.deepEqual(
+    versions,
+    [...versions].sort((a, b) => a - b),
+  );
+});
+
 test('the lifecycle state persists; a corrupt state file is an error, not a silent reset', async (t) => {
   const dir = await tempDir(t);
   const store = LifecycleStore.in(dir);
