@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 #   binutils-*:       strips the ARM binaries
 #   systemd:          systemd-notify (watchdog driver test) and systemd-analyze (unit check)
 #   python3:          stands in for systemd's notify socket in the watchdog test
+#   ShellCheck pkg:   lints the shell scripts (build, setup, image)
 declare -A NEED=(
   [mosquitto]="/usr/sbin/mosquitto"
   [openssl]="/usr/bin/openssl"
@@ -29,6 +30,7 @@ declare -A NEED=(
   [binutils-arm-linux-gnueabihf]="/usr/bin/arm-linux-gnueabihf-strip"
   [systemd]="/usr/bin/systemd-notify"
   [python3]="/usr/bin/python3"
+  [shellcheck]="/usr/bin/shellcheck"
 )
 
 missing=()

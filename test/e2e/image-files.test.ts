@@ -75,3 +75,19 @@ test('the setup unit also passes systemd-analyze verify', async (t) => {
 test('the boot setup script is valid POSIX sh', async (t) => {
   await t.notThrowsAsync(run('sh', ['-n', join(REPO_ROOT, 'images/rootfs/usr/libexec/ward/setup')]));
 });
+
+test('the shell scripts pass shellcheck (warnings and errors)', async (t) => {
+  const scripts = [
+    'images/build.sh',
+    'scripts/setup.sh',
+    'scripts/boot-image.sh',
+    '.ci/run',
+    'images/rootfs/usr/libexec/ward/setup',
+    'test/fixtures/boards/make.sh',
+  ];
+  const result = await run('shellcheck', ['-S', 'warning', ...scripts.map((f) => join(REPO_ROOT, f))]).catch((e: { stdout: string }) => ({
+    stdout: e.stdout,
+    stderr: '',
+  }));
+  t.is(result.stdout.trim(), '');
+});
