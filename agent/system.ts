@@ -164,7 +164,6 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   };
 
   let watchdogTimer: NodeJS.Timeout | undefined;
-  let scanning: Promise<void> | undefined;
   const consumeScans = async (scanner: ScanInput) => {
     for await (const scan of scanner.events()) {
       if (scan.kind === 'rejected') {
@@ -200,7 +199,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       }
       await plugins.start();
       await link?.start();
-      if (hw.scanner) scanning = consumeScans(hw.scanner).catch((err) => logger.warn({ err: describeError(err) }, 'scanner input ended'));
+      if (hw.scanner) void consumeScans(hw.scanner).catch((err) => logger.warn({ err: describeError(err) }, 'scanner input ended'));
       if (lifecycle.state === 'unprovisioned') {
         logger.info({ event: 'waiting-for-provisioning', scanner: config.hardware.scanner }, 'waiting for provisioning: scan the enrollment QR code');
       }
@@ -215,8 +214,8 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     async stop() {
       clearInterval(watchdogTimer);
       await hw.watchdog.stopping().catch(() => undefined);
+      // Not awaiting the scan loop: closing the input ends it, and a tty read must never hold up a stop.
       await hw.scanner?.close();
-      await scanning;
       await link?.stop();
       const failures = await plugins.stop();
       for (const f of failures) logger.warn(f, 'plugin failed to stop cleanly');

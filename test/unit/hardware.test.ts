@@ -159,3 +159,25 @@ test('SystemdWatchdog is inert without NOTIFY_SOCKET and ignores a watchdog mean
   await w.ping();
   t.deepEqual(calls, []);
 });
+
+test('StreamScanInput on a real pseudo-terminal: scans arrive in canonical mode and close() does not hang', async (t) => {
+  const typist = spawn('/usr/bin/python3', [join(REPO_ROOT, 'test/helpers/pty-typist.py')], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.teardown(() => typist.kill());
+  let out = '';
+  typist.stdout?.on('data', (d) => {
+    out += d;
+  });
+  const ttyPath = await waitFor('pty created', () => (out.includes('\n') ? out.trim() : undefined), 10_000, 20);
+  t.regex(ttyPath, /^\/dev\/pts\/\d+$/);
+  const input = StreamScanInput.fromTty(ttyPath);
+  const events: string[] = [];
+  const reading = (async () => {
+    for await (const e of input.events()) if (e.kind === 'scan') events.push(e.text);
+  })();
+  typist.stdin?.write('WARD1:FIRST\nWARD1:SECOND\n');
+  await waitFor('two scans read from the tty', () => events.length >= 2, 10_000, 20);
+  t.deepEqual(events, ['WARD1:FIRST', 'WARD1:SECOND']);
+  await input.close();
+  await reading; // ends because close() destroyed the tty stream, with the typist still holding the pty open
+  t.pass();
+});
