@@ -65,6 +65,8 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
       controller: { publicKey: controller.publicKey },
       mqtt: { url: controller.brokerUrl, reconnect: { baseMs: 250, capMs: 5_000 } },
       state: { heartbeatSeconds: 60 },
+      // A development stack never drives the host's LEDs or answers to its service manager.
+      hardware: { statusLed: 'none', watchdog: 'none' },
       log: { level: options.logLevel as 'info' },
       plugins: [{ name: 'sim', config: { machine: 'press-1' } }],
     };
