@@ -12,7 +12,7 @@ import { ControlLink } from './control/link.js';
 import { VersionCounter } from './control/version-counter.js';
 import { type Clock, systemClock } from './core/clock.js';
 import { describeError } from './core/errors.js';
-import { Lifecycle, type LifecycleEvent } from './core/lifecycle.js';
+import { Lifecycle, type LifecycleEvent, nextState } from './core/lifecycle.js';
 import { loadOrCreateSigningKey } from './identity/keystore.js';
 import type { Logger } from './log.js';
 import { PluginHost } from './plugins/host.js';
@@ -158,8 +158,9 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
 
   const advance = async (event: LifecycleEvent, reason: string) => {
     if (!lifecycle.can(event)) return;
-    const probe = new Lifecycle(lifecycle.state, () => clock.now()).apply(event, reason);
-    await lifecycleStore.save(probe); // persisted before the state takes effect
+    const from = lifecycle.state;
+    // Persisted before the state takes effect (CONVENTIONS.md #3).
+    await lifecycleStore.save({ from, to: nextState(from, event), event, reason, at: clock.now() });
     lifecycle.apply(event, reason);
   };
 

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { describeError, ErrorCodes, WardError } from '../agent/core/errors.js';
 import { isDeviceId } from '../agent/shared/topics.js';
-import type { DeviceRecord } from './store.js';
+import { type DeviceRecord, isStale } from './store.js';
 
 /**
  * The controller's HTTP JSON API. Bound to loopback by default: it has no
@@ -75,9 +75,8 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-/** Liveness: a device that said "online" but has been silent for 3 heartbeats is reported stale, not online. */
 function publicView(d: DeviceRecord, nowMs: number): Record<string, unknown> {
-  const stale = d.online && d.lastSeen !== undefined && d.heartbeatSeconds !== undefined && nowMs / 1000 - d.lastSeen > 3 * d.heartbeatSeconds;
+  const stale = isStale(d, nowMs);
   return {
     id: d.id,
     kid: d.kid,

@@ -56,7 +56,7 @@ export async function startEmbeddedBroker(options: { host: string; tcpPort: numb
   };
 }
 
-function listen(server: Server | HttpServer, host: string, port: number, what: string): Promise<number> {
+export function listen(server: Server | HttpServer, host: string, port: number, what: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) => {
       reject(
@@ -77,5 +77,3 @@ function listen(server: Server | HttpServer, host: string, port: number, what: s
     });
   });
 }
-
-export { listen };

@@ -15,7 +15,7 @@ import { createApiServer } from './api.js';
 import { type EmbeddedBroker, listen, startEmbeddedBroker } from './broker.js';
 import type { ControllerConfig } from './config.js';
 import { DeviceRegistry } from './registry.js';
-import { type DeviceStore, LevelDeviceStore } from './store.js';
+import { type DeviceStore, isLive, LevelDeviceStore } from './store.js';
 
 /**
  * The controller's composition root. Starts (in order) its store, the
@@ -143,7 +143,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
           replicaId,
           uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
           broker: { url: brokerUrl, connected: session.connected, protocol: session.protocol, embedded: broker !== undefined, sharedGroup: group },
-          devices: { total: devices.length, online: devices.filter((d) => d.online).length },
+          devices: { total: devices.length, online: devices.filter((d) => isLive(d, clock.now())).length },
           messages: { handled: registry.handledCount, refused: registry.rejections() },
         };
       },

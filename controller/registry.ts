@@ -135,8 +135,9 @@ export class DeviceRegistry {
         // A Will from an older connection reaching us after the device reconnected: the device is not offline.
         event = { deviceId, outcome: 'stale-lwt' };
       } else {
+        const { offlineCause: _previousCause, ...current } = record;
         const next: DeviceRecord = {
-          ...record,
+          ...current,
           online: state.online,
           lifecycle: state.lifecycle,
           session: state.session,
@@ -148,7 +149,6 @@ export class DeviceRegistry {
           plugins: state.plugins,
           ...(state.online ? {} : { offlineCause: state.cause ?? 'reported' }),
         };
-        if (state.online) delete (next as { offlineCause?: string }).offlineCause;
         await this.store.put(next);
         if (record.online !== next.online) this.log.info({ deviceId, online: next.online, cause: state.cause }, 'device state changed');
         event = { deviceId, outcome: 'applied' };

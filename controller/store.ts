@@ -26,6 +26,18 @@ export interface DeviceRecord {
   readonly offlineCause?: string;
 }
 
+/**
+ * Liveness as the controller reports it: a device that said "online" but has
+ * been silent for 3 of its own heartbeats is stale, not online.
+ */
+export function isStale(d: DeviceRecord, nowMs: number): boolean {
+  return d.online && d.lastSeen !== undefined && d.heartbeatSeconds !== undefined && nowMs / 1000 - d.lastSeen > 3 * d.heartbeatSeconds;
+}
+
+export function isLive(d: DeviceRecord, nowMs: number): boolean {
+  return d.online && !isStale(d, nowMs);
+}
+
 export interface DeviceStore {
   get(id: string): Promise<DeviceRecord | undefined>;
   put(record: DeviceRecord): Promise<void>;

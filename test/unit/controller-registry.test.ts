@@ -121,3 +121,12 @@ test('version floors are seeded from the store, so a restart does not reopen rep
   const reopened = await DeviceRegistry.open({ store, clock, devices: [], log: silent });
   t.is((await reopened.handleState(TOPIC, old, false)).code, 'WARD_ENVELOPE_ROLLBACK');
 });
+
+test('a device silent for more than 3 of its heartbeats is stale, not live', async (t) => {
+  const { isLive, isStale } = await import('../../controller/store.js');
+  const record = { id: 'gw-1', publicKey: gw1.publicRaw, kid: gw1.kid, registeredAt: 0, online: true, lastSeen: 1000, heartbeatSeconds: 60 };
+  t.true(isLive(record, 1000_000 + 180_000));
+  t.true(isStale(record, 1000_000 + 181_000));
+  t.false(isLive(record, 1000_000 + 181_000));
+  t.false(isStale({ ...record, online: false }, 1000_000 + 999_000), 'an offline device is offline, not stale');
+});
