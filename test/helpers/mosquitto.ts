@@ -111,3 +111,85 @@ function canConnect(port: number): Promise<boolean> {
     socket.once('error', () => resolve(false));
   });
 }
+
+/** A broker started from a caller-written config; see startMosquittoWithConfig. */
+export interface ConfiguredMosquitto extends Mosquitto {
+  /** The listener ports, in the order given. `port`/`url` refer to the first one (plain mqtt:// in the URL whatever the listener speaks). */
+  readonly ports: readonly number[];
+  /**
+   * SIGHUP, resolved once the broker has logged "Reloading config." (so the
+   * config needs `log_type information`, Mosquitto's default). Connections
+   * made after that are judged by the reloaded files: the broker handles the
+   * signal in its single-threaded main loop before any further network I/O.
+   */
+  reload(): Promise<void>;
+}
+
+/**
+ * Mosquitto with a caller-supplied config (written to `dir`/mosquitto.conf):
+ * for tests of generated production configs. The caller owns `dir` (stop()
+ * leaves it) and must make every file in it readable by the `mosquitto`
+ * user; restart() re-reads the config and whatever the caller rewrote.
+ */
+export async function startMosquittoWithConfig(options: { dir: string; configText: string; ports: readonly number[] }): Promise<ConfiguredMosquitto> {
+  const bin = mosquittoBinary();
+  if (bin === undefined) throw new Error('mosquitto is not installed: run scripts/setup.sh (Debian package "mosquitto")');
+  const first = options.ports[0];
+  if (first === undefined) throw new TypeError('startMosquittoWithConfig needs the ports the config listens on');
+  await chmod(options.dir, 0o755);
+  const conf = join(options.dir, 'mosquitto.conf');
+  await writeFile(conf, options.configText, { mode: 0o644 });
+  let child: ChildProcess | undefined;
+  let out = '';
+  const launch = async () => {
+    const proc = spawn(bin, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child = proc;
+    proc.stdout?.on('data', (d) => {
+      out += d;
+    });
+    proc.stderr?.on('data', (d) => {
+      out += d;
+    });
+    for (const p of options.ports) {
+      await waitFor(
+        `mosquitto listening on ${p}`,
+        () => (proc.exitCode !== null ? Promise.reject(new Error(`mosquitto exited: ${out}`)) : canConnect(p)),
+        10_000,
+        50,
+      );
+    }
+  };
+  const halt = async () => {
+    const proc = child;
+    child = undefined;
+    if (proc === undefined || proc.exitCode !== null) return;
+    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+    proc.kill('SIGTERM');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(timer);
+  };
+  const reloads = () => out.match(/Reloading config/g)?.length ?? 0;
+  await launch();
+  return {
+    port: first,
+    ports: [...options.ports],
+    url: `mqtt://127.0.0.1:${first}`,
+    tlsUrl: undefined,
+    output: () => out,
+    async reload() {
+      const proc = child;
+      if (proc === undefined || proc.exitCode !== null) throw new Error(`mosquitto is not running: ${out}`);
+      const before = reloads();
+      proc.kill('SIGHUP');
+      await waitFor('mosquitto to log "Reloading config."', () => reloads() > before, 10_000, 20);
+    },
+    async restart() {
+      await halt();
+      await launch();
+    },
+    async stop() {
+      await halt();
+    },
+  };
+}

@@ -1,0 +1,69 @@
+import { CODE_ID_PATTERN, ENROLL_ROOT, isDeviceId, TOPIC_ROOT } from '../agent/shared/topics.js';
+
+/**
+ * Who a broker client is, and what it may touch (DESIGN.md §4, least
+ * privilege). The same rules drive the embedded broker's hooks and the
+ * Mosquitto ACL files (mosquitto.ts), so both brokers enforce one policy:
+ * - a device: only `ward/v1/<its id>/…`;
+ * - an enrollment token account: publish its request, read its response;
+ * - the controller: the whole `ward/v1/…` tree.
+ * Anything else (`$SYS`, other roots, wildcards reaching across devices) is denied.
+ */
+export type Principal =
+  | { readonly kind: 'controller' }
+  | { readonly kind: 'device'; readonly id: string }
+  | { readonly kind: 'enroll'; readonly codeId: string };
+
+/** The controller's certificate CN: ':' can never occur in a device id, so no device can claim it. */
+export const CONTROLLER_IDENTITY = 'ward:controller';
+/** The username prefix of enrollment token accounts ('-', not ':', which Mosquitto's password file cannot hold; '_' keeps it outside the device-id space). */
+export const ENROLL_USER_PREFIX = '_enroll-';
+
+export function enrollUsername(codeId: string): string {
+  if (!CODE_ID_PATTERN.test(codeId)) throw new TypeError(`invalid enrollment code id ${JSON.stringify(codeId)}`);
+  return `${ENROLL_USER_PREFIX}${codeId}`;
+}
+
+export function parseEnrollUsername(username: string | undefined): string | undefined {
+  if (username === undefined || !username.startsWith(ENROLL_USER_PREFIX)) return undefined;
+  const codeId = username.slice(ENROLL_USER_PREFIX.length);
+  return CODE_ID_PATTERN.test(codeId) ? codeId : undefined;
+}
+
+export function principalFromCertificateCn(cn: string | undefined): Exclude<Principal, { kind: 'enroll' }> | undefined {
+  if (cn === CONTROLLER_IDENTITY) return { kind: 'controller' };
+  if (cn !== undefined && isDeviceId(cn)) return { kind: 'device', id: cn };
+  return undefined;
+}
+
+function under(topic: string, prefix: string): boolean {
+  return topic.startsWith(`${prefix}/`);
+}
+
+/** Topic names never contain wildcards ([MQTT-3.3.2-2]); a filter may, so its prefix must be literal. */
+export function canPublish(p: Principal, topic: string): boolean {
+  if (topic.includes('+') || topic.includes('#')) return false;
+  switch (p.kind) {
+    case 'controller':
+      return under(topic, TOPIC_ROOT);
+    case 'device':
+      return under(topic, `${TOPIC_ROOT}/${p.id}`);
+    case 'enroll':
+      return topic === `${ENROLL_ROOT}/${p.codeId}/req`;
+  }
+}
+
+export function canSubscribe(p: Principal, filter: string): boolean {
+  const unshared = filter.startsWith('$share/') ? filter.split('/').slice(2).join('/') : filter;
+  switch (p.kind) {
+    case 'controller':
+      return under(unshared, TOPIC_ROOT);
+    case 'device': {
+      const prefix = `${TOPIC_ROOT}/${p.id}`;
+      // The device's own id must be spelled out: `ward/v1/+/…` would reach every device.
+      return under(unshared, prefix) || unshared === `${prefix}/#`;
+    }
+    case 'enroll':
+      return unshared === `${ENROLL_ROOT}/${p.codeId}/res`;
+  }
+}
