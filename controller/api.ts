@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { z } from 'zod';
 import { describeError, ErrorCodes, WardError } from '../agent/core/errors.js';
 import { isDeviceId } from '../agent/shared/topics.js';
 import { type DeviceRecord, isStale } from './store.js';
@@ -14,9 +15,51 @@ export interface ApiBackend {
   getDevice(id: string): Promise<DeviceRecord | undefined>;
   callDevice(id: string, method: string): Promise<unknown>;
   now(): number;
+  /** Enrollment exists only once the controller is certified by a fleet root. */
+  enrollment?: {
+    createCode(input: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<unknown>;
+    listCodes(): Promise<unknown[]>;
+    revoke(deviceId: string, reason: string): Promise<DeviceRecord>;
+  };
 }
 
-type Handler = (req: IncomingMessage, params: string[]) => Promise<[number, unknown]>;
+type Handler = (req: IncomingMessage, params: string[], body: unknown) => Promise<[number, unknown]>;
+
+const MAX_BODY_BYTES = 16 * 1024;
+const label = z.string().regex(/^[A-Za-z0-9._-]{1,32}$/, 'expected 1-32 of [A-Za-z0-9._-]');
+const createCodeBody = z.strictObject({
+  site: label,
+  line: label,
+  cell: label,
+  ttlSeconds: z
+    .number()
+    .int()
+    .min(60)
+    .max(30 * 86_400)
+    .default(86_400),
+});
+const revokeBody = z.strictObject({ reason: z.string().min(1).max(256) });
+
+function badRequest(message: string): [number, unknown] {
+  return [400, { error: { code: 'WARD_API_BAD_REQUEST', message } }];
+}
+
+function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> | string {
+  const r = schema.safeParse(body ?? {});
+  if (r.success) return r.data;
+  const issue = r.error.issues[0];
+  return `${issue?.path.join('.') || 'body'}: ${issue?.message ?? 'invalid'}`;
+}
+
+const NO_ENROLLMENT: [number, unknown] = [
+  409,
+  {
+    error: {
+      code: ErrorCodes.FLEET_NOT_INITIALISED,
+      message: 'this controller is not certified by a fleet root: run `ward fleet init` and `ward fleet certify-controller`',
+    },
+  },
+];
 
 export function createApiServer(backend: ApiBackend): Server {
   const routes: { method: string; pattern: RegExp; handler: Handler }[] = [
@@ -44,6 +87,32 @@ export function createApiServer(backend: ApiBackend): Server {
         return [200, { result: await backend.callDevice(id as string, method as string) }];
       },
     },
+    {
+      method: 'POST',
+      pattern: /^\/api\/enroll-codes$/,
+      handler: async (_req, _params, body) => {
+        if (!backend.enrollment) return NO_ENROLLMENT;
+        const input = parseBody(createCodeBody, body);
+        if (typeof input === 'string') return badRequest(input);
+        return [201, await backend.enrollment.createCode(input)];
+      },
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/enroll-codes$/,
+      handler: async () => (backend.enrollment ? [200, { codes: await backend.enrollment.listCodes() }] : NO_ENROLLMENT),
+    },
+    {
+      method: 'POST',
+      pattern: /^\/api\/devices\/([^/]+)\/revoke$/,
+      handler: async (_req, [id], body) => {
+        if (!backend.enrollment) return NO_ENROLLMENT;
+        const input = parseBody(revokeBody, body);
+        if (typeof input === 'string') return badRequest(input);
+        if (!isDeviceId(id ?? '')) return [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no device ${id}` } }];
+        return [200, publicView(await backend.enrollment.revoke(id as string, input.reason), backend.now())];
+      },
+    },
   ];
 
   return createServer((req, res) => {
@@ -56,16 +125,48 @@ export function createApiServer(backend: ApiBackend): Server {
       return send(res, 405, { error: { code: 'WARD_API_METHOD_NOT_ALLOWED', message: `${req.method} not allowed on ${url.pathname}` } });
     }
     const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent);
-    route
-      .handler(req, params)
+    readJsonBody(req)
+      .then((body) => (typeof body === 'string' ? badRequest(body) : route.handler(req, params, body.value)))
       .then(([status, body]) => send(res, status, body))
       .catch((err: unknown) => {
-        const status = err instanceof WardError && err.code === ErrorCodes.RPC_TIMEOUT ? 504 : err instanceof WardError && err.retryable ? 503 : 500;
+        const status =
+          err instanceof WardError && err.code === ErrorCodes.RPC_TIMEOUT
+            ? 504
+            : err instanceof WardError && err.code === ErrorCodes.CONTROLLER_DEVICE_UNKNOWN
+              ? 404
+              : err instanceof WardError && err.code === ErrorCodes.ENROLL_REFUSED
+                ? 400
+                : err instanceof WardError && err.retryable
+                  ? 503
+                  : 500;
         send(res, status, {
           error: err instanceof WardError ? { code: err.code, message: err.message } : { code: 'WARD_API_INTERNAL', message: describeError(err) },
         });
       });
-    req.resume();
+  });
+}
+
+/** Reads a JSON body (bounded); a string result is the reason it was refused. */
+function readJsonBody(req: IncomingMessage): Promise<{ value: unknown } | string> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooLarge = false;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) tooLarge = true;
+      else chunks.push(chunk);
+    });
+    req.on('error', () => resolve('request body could not be read'));
+    req.on('end', () => {
+      if (tooLarge) return resolve(`request body exceeds ${MAX_BODY_BYTES} bytes`);
+      if (size === 0) return resolve({ value: undefined });
+      try {
+        resolve({ value: JSON.parse(Buffer.concat(chunks).toString('utf8')) });
+      } catch {
+        resolve('request body is not JSON');
+      }
+    });
   });
 }
 
@@ -88,5 +189,22 @@ function publicView(d: DeviceRecord, nowMs: number): Record<string, unknown> {
     protocol: d.protocol ?? null,
     plugins: d.plugins ?? [],
     ...(d.offlineCause !== undefined && !d.online ? { offlineCause: d.offlineCause } : {}),
+    ...(d.identity
+      ? {
+          identity: {
+            status: d.identity.status,
+            site: d.identity.site,
+            line: d.identity.line,
+            cell: d.identity.cell,
+            roles: d.identity.roles,
+            enrolledAt: new Date(d.identity.enrolledAt * 1000).toISOString(),
+            certSerial: d.identity.certSerial,
+            certNotAfter: new Date(d.identity.certNotAfter * 1000).toISOString(),
+            ...(d.identity.revokedAt !== undefined
+              ? { revokedAt: new Date(d.identity.revokedAt * 1000).toISOString(), revokeReason: d.identity.revokeReason }
+              : {}),
+          },
+        }
+      : {}),
   };
 }

@@ -29,6 +29,13 @@ export const controllerConfigSchema = z.strictObject({
         .optional(),
       username: z.string().optional(),
       passwordFile: z.string().optional(),
+      /** External broker with a fleet: the controller's client certificate (CN ward:controller) and the fleet CA. */
+      tls: z.strictObject({ caFile: z.string(), certFile: z.string(), keyFile: z.string() }).optional(),
+      /**
+       * External Mosquitto: the folder where the controller keeps its ACL, password and CRL files
+       * (mosquitto.conf points at them), and Mosquitto's pid file to signal a reload after each change.
+       */
+      mosquitto: z.strictObject({ dir: z.string(), pidFile: z.string().optional() }).optional(),
       /** Shared-subscription group for replicas; null subscribes plainly (one controller). */
       sharedGroup: z
         .string()
@@ -46,6 +53,26 @@ export const controllerConfigSchema = z.strictObject({
     .default({ host: '127.0.0.1', port: 8080 }),
   /** Device keys accepted until enrollment (identity issue) registers them. */
   devices: z.array(z.strictObject({ id: z.string().regex(DEVICE_ID_PATTERN), publicKey: z.string().regex(/^[A-Za-z0-9_-]{43}$/) })).default([]),
+  /** Enrollment, once the controller is certified by a fleet root (`ward fleet certify-controller`). */
+  enrollment: z
+    .strictObject({
+      /** host:port of the enrollment listener printed into QR codes. Default: the embedded broker's address. */
+      advertise: z
+        .array(z.string().regex(/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$/))
+        .min(1)
+        .max(4)
+        .optional(),
+      /** mqtts:// URLs enrolled devices use. Default: the embedded broker's URL. */
+      deviceBrokers: z
+        .array(z.string().regex(/^mqtts:\/\/\S+$/))
+        .min(1)
+        .max(4)
+        .optional(),
+      /** Extra names/addresses for the embedded broker's TLS certificate (what gateways dial). */
+      serverHosts: z.array(z.string().min(1)).default([]),
+      certValidityDays: z.number().int().min(1).max(825).default(90),
+    })
+    .default({ serverHosts: [], certValidityDays: 90 }),
   rpc: z.strictObject({ timeoutMs: z.number().int().positive().default(10_000) }).default({ timeoutMs: 10_000 }),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).default({ level: 'info' }),
 });

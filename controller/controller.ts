@@ -2,18 +2,26 @@ import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { logAuditSink } from '../agent/audit-log.js';
+import type { AuditSink } from '../agent/core/audit.js';
 import { type Clock, systemClock } from '../agent/core/clock.js';
-import { describeError } from '../agent/core/errors.js';
+import { describeError, ErrorCodes, WardError } from '../agent/core/errors.js';
 import { loadOrCreateSigningKey } from '../agent/identity/keystore.js';
 import type { Logger } from '../agent/log.js';
 import { MqttSession } from '../agent/shared/mqtt-session.js';
+import { qrInfo, renderSvg } from '../agent/shared/qr.js';
 import { RpcClient } from '../agent/shared/rpc.js';
-import { filters, sharedFilter } from '../agent/shared/topics.js';
+import { filters, parseDeviceTopic, parseEnrollTopic, sharedFilter } from '../agent/shared/topics.js';
+import { createCsr, generateTlsKey, issueClientCert, issueServerCert } from '../agent/shared/x509.js';
 import { ensurePrivateDir } from '../agent/state/files.js';
 import { WARD_VERSION } from '../agent/version.js';
+import { CONTROLLER_IDENTITY } from './acl.js';
 import { createApiServer } from './api.js';
-import { type EmbeddedBroker, listen, startEmbeddedBroker } from './broker.js';
+import { type BrokerAuth, type EmbeddedBroker, listen, startEmbeddedBroker } from './broker.js';
 import type { ControllerConfig } from './config.js';
+import { EnrollmentService } from './enrollment.js';
+import { type ControllerFleet, loadControllerFleet } from './fleet.js';
+import { syncMosquitto } from './mosquitto-sync.js';
 import { DeviceRegistry } from './registry.js';
 import { type DeviceStore, isLive, LevelDeviceStore } from './store.js';
 
@@ -38,6 +46,9 @@ export interface Controller {
   readonly registry: DeviceRegistry;
   readonly rpc: RpcClient;
   readonly session: MqttSession;
+  /** Present once the controller is certified by a fleet root. */
+  readonly enrollment: EnrollmentService | undefined;
+  readonly fleet: ControllerFleet | undefined;
   close(): Promise<void>;
 }
 
@@ -47,6 +58,21 @@ export interface ControllerDeps {
   readonly clock?: Clock;
   /** Injected by tests that exercise the store interface; default is LevelDB in the state folder. */
   readonly store?: DeviceStore;
+  readonly audit?: AuditSink;
+}
+
+/** The controller's own broker identity: a client certificate (CN ward:controller) from the fleet CA, made at start. */
+async function controllerClientIdentity(ca: ControllerFleet['ca'], clock: Clock): Promise<{ ca: Buffer; cert: Buffer; key: Buffer }> {
+  const { privateKeyPem } = await generateTlsKey();
+  const csrPem = await createCsr({ privateKeyPem, commonName: CONTROLLER_IDENTITY });
+  const now = clock.now();
+  const cert = await issueClientCert(ca, {
+    csrPem,
+    commonName: CONTROLLER_IDENTITY,
+    notBefore: new Date(now - 300_000),
+    notAfter: new Date(now + 397 * 86_400_000),
+  });
+  return { ca: Buffer.from(ca.certPem), cert: Buffer.from(cert.certPem), key: Buffer.from(privateKeyPem) };
 }
 
 export async function startController(deps: ControllerDeps): Promise<Controller> {
@@ -74,18 +100,65 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
     const store = deps.store ?? (await LevelDeviceStore.open(join(config.stateDir, 'devices')));
     cleanup.push(() => store.close());
     const registry = await DeviceRegistry.open({ store, clock, devices: config.devices, log });
+    const audit = deps.audit ?? logAuditSink(log.child({ area: 'audit' }));
+
+    const fleet = await loadControllerFleet(config.stateDir, key, Math.floor(clock.now() / 1000));
+    if (fleet) {
+      log.info(
+        {
+          rootVersion: fleet.root.payload.version,
+          caFingerprint: fleet.caFingerprint,
+          certifiedUntil: new Date(fleet.certified.notAfter * 1000).toISOString(),
+        },
+        'controller certified by the fleet root: enrollment enabled, broker access by certificate or enrollment token',
+      );
+    } else {
+      log.warn({}, 'no fleet: this controller is not certified (ward fleet init / certify-controller), so enrollment is off and the embedded broker is OPEN');
+    }
+    // Late-bound: the broker's hooks need the enrollment service, which needs the broker's address.
+    let enrollment: EnrollmentService | undefined;
+    let ownTls: { ca: Buffer; cert: Buffer; key: Buffer } | undefined;
 
     let broker: EmbeddedBroker | undefined;
     if (config.broker.embedded) {
       const reset = await registry.markAllOffline('broker-restart');
       if (reset > 0) log.info({ devices: reset }, 'embedded broker starting: devices marked offline until they reconnect');
-      broker = await startEmbeddedBroker(config.broker.embedded);
+      let auth: BrokerAuth | undefined;
+      if (fleet) {
+        const host = config.broker.embedded.host;
+        const hosts = [...new Set([...(host === '0.0.0.0' || host === '::' ? [] : [host]), 'localhost', '127.0.0.1', ...config.enrollment.serverHosts])];
+        const server = await issueServerCert(fleet.ca, { hosts, validDays: 397, now: new Date(clock.now()) });
+        auth = {
+          tls: { certPem: server.certPem + fleet.ca.certPem, keyPem: server.keyPem, caPem: fleet.ca.certPem },
+          checkToken: (codeId, token) => enrollment?.checkToken(codeId, token) ?? Promise.resolve(false),
+          isDeviceActive: (id) => enrollment?.isDeviceActive(id) ?? Promise.resolve(false),
+          onRefused: (e) =>
+            audit.record({
+              category: 'access-control',
+              actor: e.identity,
+              action: `broker.${e.what}`,
+              ...(e.topic !== undefined ? { target: e.topic } : {}),
+              outcome: 'refused',
+              code: 'WARD_BROKER_NOT_AUTHORISED',
+              details: { reason: e.reason },
+            }),
+        };
+        ownTls = await controllerClientIdentity(fleet.ca, clock);
+      }
+      broker = await startEmbeddedBroker({ ...config.broker.embedded, ...(auth ? { auth } : {}) });
       cleanup.push(() => (broker as EmbeddedBroker).close());
       log.info({ mqtt: broker.url, wsPort: broker.wsPort }, 'embedded MQTT broker listening');
+    } else if (config.broker.tls) {
+      ownTls = {
+        ca: await readFile(config.broker.tls.caFile),
+        cert: await readFile(config.broker.tls.certFile),
+        key: await readFile(config.broker.tls.keyFile),
+      };
     }
     const brokerUrl = broker?.url ?? (config.broker.url as string);
     const group = broker ? null : config.broker.sharedGroup;
     const stateFilter = group ? sharedFilter(group, filters.allStates) : filters.allStates;
+    const share = (filter: string) => (group ? sharedFilter(group, filter) : filter);
 
     let rpc: RpcClient | undefined;
     const password = config.broker.passwordFile ? await readFile(config.broker.passwordFile) : undefined;
@@ -99,9 +172,16 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         reconnect: { baseMs: 250, capMs: 10_000 },
         ...(config.broker.username !== undefined ? { username: config.broker.username } : {}),
         ...(password !== undefined ? { password } : {}),
+        ...(ownTls ? { tls: { ...ownTls, rejectUnauthorized: true } } : {}),
         subscriptions: [
           { filter: stateFilter, qos: 1 },
           { filter: filters.repliesFor(replicaId), qos: 1 },
+          ...(fleet
+            ? [
+                { filter: share(filters.enrollRequests), qos: 1 as const },
+                { filter: share(filters.renewRequests), qos: 1 as const },
+              ]
+            : []),
         ],
       },
       {
@@ -109,7 +189,13 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         onDisconnected: (reason) => log.warn({ reason }, 'controller lost the broker; reconnecting'),
         onError: (err) => log.warn({ code: err.code, err: err.message }, 'controller MQTT error'),
         onMessage: (topic, payload, packet) => {
-          if (topic.endsWith('/state')) {
+          const codeId = parseEnrollTopic(topic);
+          if (codeId !== undefined) {
+            void enrollment?.handleEnrollRequest(codeId, payload);
+          } else if (topic.endsWith('/renew/req')) {
+            const parsed = parseDeviceTopic(topic);
+            if (parsed) void enrollment?.handleRenewRequest(parsed.deviceId, payload);
+          } else if (topic.endsWith('/state')) {
             void registry.handleState(topic, payload, packet.retain);
           } else if (topic.includes('/reply/')) {
             try {
@@ -133,6 +219,35 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
     });
     cleanup.push(async () => rpc?.close());
 
+    if (fleet) {
+      const embedded = config.broker.embedded;
+      const hostPort = broker && embedded ? `${embedded.host === '0.0.0.0' ? '127.0.0.1' : embedded.host}:${broker.tcpPort}` : undefined;
+      const advertise = config.enrollment.advertise ?? (hostPort ? [hostPort] : undefined);
+      const deviceBrokers = config.enrollment.deviceBrokers ?? (hostPort ? [`mqtts://${hostPort}`] : undefined);
+      if (advertise === undefined || deviceBrokers === undefined) {
+        throw new WardError(
+          ErrorCodes.CONFIG_INVALID,
+          'with an external broker, set enrollment.advertise (host:port of its enrollment listener) and enrollment.deviceBrokers',
+        );
+      }
+      const mosquitto = config.broker.mosquitto;
+      enrollment = new EnrollmentService({
+        key,
+        fleet,
+        store,
+        registry,
+        clock,
+        audit,
+        publish: (t, p, o) => session.publish(t, p, o),
+        enrollBrokers: advertise,
+        deviceBrokers,
+        certValidityDays: config.enrollment.certValidityDays,
+        log: log.child({ area: 'enrollment' }),
+        ...(mosquitto ? { onAuthChange: () => syncMosquitto({ ...mosquitto, store, ca: fleet.ca, clock, log }) } : {}),
+      });
+      if (mosquitto) await syncMosquitto({ ...mosquitto, store, ca: fleet.ca, clock, log });
+    }
+
     const startedAt = Date.now();
     const server: Server = createApiServer({
       health: async () => {
@@ -151,6 +266,23 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       getDevice: (id) => registry.get(id),
       now: () => clock.now(),
       callDevice: (id, method) => (rpc as RpcClient).call(id, method),
+      ...(enrollment
+        ? {
+            enrollment: {
+              createCode: async (input) => {
+                const code = await (enrollment as EnrollmentService).createCode(input);
+                return { ...code, expiresAt: new Date(code.exp * 1000).toISOString(), qr: qrInfo(code.text), svg: await renderSvg(code.text) };
+              },
+              listCodes: () => (enrollment as EnrollmentService).listCodes(),
+              revoke: async (id, reason) => {
+                const record = await (enrollment as EnrollmentService).revoke(id, reason);
+                const dropped = broker?.disconnect(id) ?? 0;
+                log.info({ deviceId: id, reason, connectionsDropped: dropped }, 'device revoked');
+                return record;
+              },
+            },
+          }
+        : {}),
     });
     const apiPort = await listen(server, config.api.host, config.api.port, 'HTTP API');
     cleanup.push(
@@ -172,6 +304,8 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       registry,
       rpc,
       session,
+      enrollment,
+      fleet,
       close: closeAll,
     };
   } catch (err) {

@@ -52,7 +52,7 @@ export class DeviceRegistry {
   }): Promise<DeviceRegistry> {
     const registry = new DeviceRegistry(options.store, options.clock, options.log);
     for (const d of options.devices) await registry.register(d.id, d.publicKey);
-    for (const record of await options.store.list()) registry.#trust(record);
+    for (const record of await options.store.list()) registry.trust(record);
     return registry;
   }
 
@@ -96,7 +96,7 @@ export class DeviceRegistry {
     const record: DeviceRecord =
       existing && existing.publicKey === publicKey ? existing : { id, publicKey, kid, registeredAt: Math.floor(this.clock.now() / 1000), online: false };
     if (record !== existing) await this.store.put(record);
-    this.#trust(record);
+    this.trust(record);
     return record;
   }
 
@@ -169,9 +169,19 @@ export class DeviceRegistry {
     return event;
   }
 
-  #trust(record: DeviceRecord): void {
+  /** Accepts messages signed by this record's key from now on; a revoked device is never trusted. */
+  trust(record: DeviceRecord): void {
+    if (record.identity?.status === 'revoked') {
+      this.untrust(record.id);
+      return;
+    }
+    for (const [kid, entry] of this.#byKid) if (entry.id === record.id && kid !== record.kid) this.#byKid.delete(kid);
     this.#byKid.set(record.kid, { id: record.id, publicKey: publicKeyFromRaw(record.publicKey) });
     if (record.stateVersion !== undefined) this.#ledger.accept(`${record.id}/state`, record.stateVersion);
     if (record.lwtVersion !== undefined) this.#ledger.accept(`${record.id}/state/lwt`, record.lwtVersion);
+  }
+
+  untrust(deviceId: string): void {
+    for (const [kid, entry] of this.#byKid) if (entry.id === deviceId) this.#byKid.delete(kid);
   }
 }

@@ -24,6 +24,47 @@ export interface DeviceRecord {
   readonly protocol?: string;
   readonly plugins?: readonly string[];
   readonly offlineCause?: string;
+  /** Enrollment (identity issue): absent for devices listed statically in the controller config. */
+  readonly identity?: DeviceIdentityRecord;
+}
+
+export interface DeviceIdentityRecord {
+  readonly status: 'active' | 'revoked';
+  readonly site: string;
+  readonly line: string;
+  readonly cell: string;
+  readonly roles: readonly string[];
+  readonly enrolledAt: number;
+  /** The enrollment code that admitted it (audit trail). */
+  readonly codeId: string;
+  /** The current X.509 client certificate: serial (hex) and notAfter (seconds). */
+  readonly certSerial: string;
+  readonly certNotAfter: number;
+  /** base64url SHA-256 of the TLS public key (SPKI) the certificate binds. */
+  readonly tlsKeyFingerprint: string;
+  /** Every serial ever issued, so a revocation lists them all in the CRL. */
+  readonly serials: readonly string[];
+  readonly revokedAt?: number;
+  readonly revokeReason?: string;
+}
+
+/**
+ * A one-time enrollment code. Only a hash of its token is kept: the token
+ * itself exists on the printed label and nowhere else. `mosquittoHash` is
+ * the token in Mosquitto's password-file format, for external brokers.
+ */
+export interface EnrollmentCode {
+  readonly codeId: string;
+  readonly tokenHash: string;
+  readonly mosquittoHash?: string;
+  readonly site: string;
+  readonly line: string;
+  readonly cell: string;
+  readonly createdAt: number;
+  readonly exp: number;
+  readonly status: 'open' | 'used' | 'withdrawn';
+  readonly usedBy?: string;
+  readonly usedAt?: number;
 }
 
 /**
@@ -42,11 +83,24 @@ export interface DeviceStore {
   get(id: string): Promise<DeviceRecord | undefined>;
   put(record: DeviceRecord): Promise<void>;
   list(): Promise<DeviceRecord[]>;
+  getCode(codeId: string): Promise<EnrollmentCode | undefined>;
+  putCode(code: EnrollmentCode): Promise<void>;
+  listCodes(): Promise<EnrollmentCode[]>;
   close(): Promise<void>;
 }
 
 export class MemoryDeviceStore implements DeviceStore {
   readonly #records = new Map<string, DeviceRecord>();
+  readonly #codes = new Map<string, EnrollmentCode>();
+  async getCode(codeId: string) {
+    return this.#codes.get(codeId);
+  }
+  async putCode(code: EnrollmentCode) {
+    this.#codes.set(code.codeId, structuredClone(code));
+  }
+  async listCodes() {
+    return [...this.#codes.values()].sort((a, b) => a.codeId.localeCompare(b.codeId));
+  }
   async get(id: string) {
     return this.#records.get(id);
   }
@@ -61,9 +115,11 @@ export class MemoryDeviceStore implements DeviceStore {
 
 export class LevelDeviceStore implements DeviceStore {
   readonly #db: Level<string, DeviceRecord>;
+  readonly #codes: Level<string, EnrollmentCode>;
 
   private constructor(db: Level<string, DeviceRecord>) {
     this.#db = db;
+    this.#codes = db as unknown as Level<string, EnrollmentCode>;
   }
 
   static async open(location: string): Promise<LevelDeviceStore> {
@@ -95,6 +151,17 @@ export class LevelDeviceStore implements DeviceStore {
   async list() {
     const out: DeviceRecord[] = [];
     for await (const value of this.#db.values({ gte: 'device:', lt: 'device;' })) out.push(value);
+    return out;
+  }
+  async getCode(codeId: string) {
+    return (await this.#codes.get(`code:${codeId}`)) ?? undefined;
+  }
+  async putCode(code: EnrollmentCode) {
+    await this.#codes.put(`code:${code.codeId}`, code, { sync: true });
+  }
+  async listCodes() {
+    const out: EnrollmentCode[] = [];
+    for await (const value of this.#codes.values({ gte: 'code:', lt: 'code;' })) out.push(value);
     return out;
   }
   async close() {

@@ -24,9 +24,37 @@ export const topics = {
   reply: (deviceId: string, replicaId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/reply/${assertDeviceId(replicaId)}`,
 } as const;
 
+/**
+ * Enrollment topics are keyed by the code, not the device: a token account's
+ * ACL is fixed when the code is printed, before any device id exists. `_enroll`
+ * can never be a device id (ids start alphanumeric).
+ */
+export const ENROLL_ROOT = `${TOPIC_ROOT}/_enroll`;
+export const CODE_ID_PATTERN = /^[0-9a-f]{16}$/;
+export const enrollTopics = {
+  request: (codeId: string) => `${ENROLL_ROOT}/${assertCodeId(codeId)}/req`,
+  response: (codeId: string) => `${ENROLL_ROOT}/${assertCodeId(codeId)}/res`,
+  /** Renewal runs under the device's own tree with its enrolled identity. */
+  renewRequest: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/renew/req`,
+  renewResponse: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/renew/res`,
+} as const;
+
+function assertCodeId(codeId: string): string {
+  if (!CODE_ID_PATTERN.test(codeId)) throw new TypeError(`invalid enrollment code id ${JSON.stringify(codeId)}`);
+  return codeId;
+}
+
+/** `ward/v1/_enroll/<codeId>/req` → codeId; undefined for anything else. */
+export function parseEnrollTopic(topic: string): string | undefined {
+  const m = /^ward\/v1\/_enroll\/([0-9a-f]{16})\/req$/.exec(topic);
+  return m?.[1];
+}
+
 /** Subscription filters the controller uses (single-level wildcard for the device id). */
 export const filters = {
   allStates: `${TOPIC_ROOT}/+/state`,
+  enrollRequests: `${ENROLL_ROOT}/+/req`,
+  renewRequests: `${TOPIC_ROOT}/+/renew/req`,
   repliesFor: (replicaId: string) => `${TOPIC_ROOT}/+/reply/${assertDeviceId(replicaId)}`,
 } as const;
 
