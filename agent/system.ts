@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import type { DetectedBoard, HostFs, ScanInput, StatusLed, Watchdog } from '../hardware/api/index.js';
 import { detectBoard } from '../hardware/boards/detect.js';
 import { patternFor } from '../hardware/led/patterns.js';
@@ -7,15 +7,22 @@ import { StreamScanInput } from '../hardware/qr/tty.js';
 import { hostFs } from '../hardware/sysfs/hostfs.js';
 import { NoWatchdog, SystemdWatchdog } from '../hardware/watchdog/systemd.js';
 import type { AnyPluginDefinition } from '../plugins/api/index.js';
-import type { AgentConfig, HardwareConfig } from './config/schema.js';
+import { logAuditSink } from './audit-log.js';
+import { type AgentConfig, type HardwareConfig, mqttSchema } from './config/schema.js';
 import { ControlLink } from './control/link.js';
 import { VersionCounter } from './control/version-counter.js';
+import type { AuditSink } from './core/audit.js';
 import { type Clock, systemClock } from './core/clock.js';
-import { describeError } from './core/errors.js';
+import { describeError, ErrorCodes, WardError } from './core/errors.js';
 import { Lifecycle, type LifecycleEvent, nextState } from './core/lifecycle.js';
+import { acceptIdentity, renew } from './identity/enroll.js';
 import { loadOrCreateSigningKey } from './identity/keystore.js';
+import { type ProvisionContext, provision } from './identity/provision.js';
+import { IdentityStore, type LoadedIdentity } from './identity/store.js';
+import { readRootFile } from './identity/trust.js';
 import type { Logger } from './log.js';
 import { PluginHost } from './plugins/host.js';
+import { verifyControllerCert } from './shared/bundle.js';
 import { EnvelopeVerifier, MemoryReplayCache } from './shared/envelope.js';
 import { keyIdOf, publicKeyFromRaw, type SigningKey } from './shared/keys.js';
 import { CONTROLLER_PRINCIPAL, RpcServer } from './shared/rpc.js';
@@ -42,15 +49,22 @@ export interface AgentDeps {
   readonly plugins: readonly AnyPluginDefinition[];
   readonly clock?: Clock;
   readonly hardware?: HardwareOverrides;
+  readonly audit?: AuditSink;
 }
 
 export interface Agent {
+  /** Undefined until the gateway is provisioned. */
   readonly deviceId: string | undefined;
   readonly key: SigningKey;
   readonly lifecycle: Lifecycle;
   readonly board: DetectedBoard;
   /** Undefined while unprovisioned: there is nobody to talk to yet. */
   readonly link: ControlLink | undefined;
+  readonly identity: LoadedIdentity | undefined;
+  /** What a scan does: a bundle text or a camera frame. Resolves once the gateway is enrolled and its link started. */
+  provision(input: string | Uint8Array): Promise<string>;
+  /** Renews the client certificate now (normally done on a timer). */
+  renewNow(): Promise<void>;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -98,6 +112,31 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     'hardware detected',
   );
 
+  const audit = deps.audit ?? logAuditSink(logger.child({ area: 'audit' }));
+  const nowSec = () => Math.floor(clock.now() / 1000);
+  const root = config.trust ? await readRootFile(config.trust.rootFile, nowSec()) : undefined;
+  const identityStore = new IdentityStore(config.stateDir);
+  if (root === undefined && (await identityStore.exists())) {
+    throw new WardError(
+      ErrorCodes.CONFIG_INVALID,
+      `an enrolled identity is in ${identityStore.dir} but the config names no trust.rootFile to check it against`,
+    );
+  }
+  let identity = root ? await identityStore.load({ root, key, nowSec: nowSec() }) : undefined;
+  if (identity) {
+    logger.info(
+      {
+        deviceId: identity.deviceId,
+        site: identity.site,
+        line: identity.line,
+        cell: identity.cell,
+        certNotAfter: new Date(identity.certNotAfter * 1000).toISOString(),
+      },
+      'enrolled identity loaded',
+    );
+  }
+  const staticIdentity = config.deviceId !== undefined && config.controller !== undefined && config.mqtt !== undefined;
+
   const lifecycleStore = LifecycleStore.in(config.stateDir);
   const lifecycle = new Lifecycle((await lifecycleStore.load()) ?? 'unprovisioned', () => clock.now());
   const showLed = (state: string) => {
@@ -111,12 +150,23 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   const plugins = new PluginHost({
     available: deps.plugins,
     selected: config.plugins,
-    deviceId: config.deviceId ?? 'unprovisioned',
+    deviceId: config.deviceId ?? identity?.deviceId ?? 'unprovisioned',
     clock,
     logger: (name) => logger.child({ plugin: name }),
   });
 
-  const link = config.deviceId && config.controller && config.mqtt ? await buildLink(config.deviceId, config.controller.publicKey, config.mqtt) : undefined;
+  const linkFor = (id: LoadedIdentity) =>
+    buildLink(
+      id.deviceId,
+      id.controllerPublicKey,
+      mqttSchema.parse({ url: id.brokers[0], tls: { caFile: id.files.ca, certFile: id.files.cert, keyFile: id.files.key, rejectUnauthorized: true } }),
+    );
+  let link: ControlLink | undefined =
+    config.deviceId && config.controller && config.mqtt
+      ? await buildLink(config.deviceId, config.controller.publicKey, config.mqtt)
+      : identity
+        ? await linkFor(identity)
+        : undefined;
 
   async function buildLink(deviceId: string, controllerPublicKey: string, mqtt: NonNullable<AgentConfig['mqtt']>): Promise<ControlLink> {
     const controllerKid = keyIdOf(controllerPublicKey);
@@ -165,38 +215,194 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   };
 
   let watchdogTimer: NodeJS.Timeout | undefined;
+  let renewTimer: NodeJS.Timeout | undefined;
+  let started = false;
+  let stopping = false;
+  let provisioning: Promise<string> | undefined;
+
+  const provisionContext = (): ProvisionContext => {
+    if (root === undefined) {
+      throw new WardError(
+        ErrorCodes.FLEET_NOT_INITIALISED,
+        'this gateway has no fleet root (trust.rootFile in its config), so it cannot check an enrollment code',
+      );
+    }
+    return {
+      root,
+      key,
+      store: identityStore,
+      clock,
+      audit,
+      log: logger.child({ area: 'enrollment' }),
+      agentVersion: WARD_VERSION,
+      transition: advance,
+      expectSite: config.provisioning.site,
+      expectLine: config.provisioning.line,
+      deviceId: config.provisioning.deviceId,
+      timeoutMs: config.provisioning.timeoutMs,
+    };
+  };
+
+  const switchIdentity = async (next: LoadedIdentity) => {
+    identity = next;
+    const previous = link;
+    link = undefined;
+    await previous?.stop();
+    link = await linkFor(next);
+    if (started && !stopping) await link.start();
+  };
+
+  const doProvision = async (input: string | Uint8Array): Promise<string> => {
+    let ctx: ProvisionContext;
+    try {
+      if (staticIdentity || identity !== undefined) {
+        throw new WardError(ErrorCodes.IDENTITY_ALREADY_PROVISIONED, `this gateway is already provisioned${identity ? ` as ${identity.deviceId}` : ''}`);
+      }
+      ctx = provisionContext();
+    } catch (err) {
+      audit.record({
+        category: 'request-error',
+        actor: 'scanner',
+        action: 'provision.scan',
+        outcome: 'refused',
+        code: (err as WardError).code,
+        details: { lifecycle: lifecycle.state, message: (err as Error).message },
+      });
+      throw err;
+    }
+    const { deviceId } = await provision(ctx, input);
+    const loaded = await identityStore.load({ root: ctx.root, key, nowSec: nowSec() });
+    if (loaded === undefined) throw new WardError(ErrorCodes.IDENTITY_CORRUPT, 'enrollment finished but no identity was stored');
+    await switchIdentity(loaded);
+    scheduleRenewal();
+    logger.info({ deviceId, site: loaded.site, line: loaded.line, cell: loaded.cell }, 'gateway enrolled; connecting with mutual TLS');
+    return deviceId;
+  };
+
+  const renewNow = async () => {
+    const current = identity;
+    if (current === undefined || root === undefined) throw new WardError(ErrorCodes.IDENTITY_NOT_PROVISIONED, 'nothing to renew: the gateway is not enrolled');
+    const material = await renew({
+      identity: current,
+      key,
+      clock,
+      log: logger.child({ area: 'enrollment' }),
+      agentVersion: WARD_VERSION,
+      readFile: (p) => readFile(p, 'utf8'),
+    });
+    const certified = verifyControllerCert(Buffer.from(current.controllerCert, 'base64url'), root, nowSec());
+    await acceptIdentity({
+      material,
+      store: identityStore,
+      key,
+      deviceId: current.deviceId,
+      controllerPublicKey: current.controllerPublicKey,
+      controllerCert: Buffer.from(current.controllerCert, 'base64url'),
+      caPin: certified.caPin,
+      site: current.site,
+      line: current.line,
+      cell: current.cell,
+      nowSec: nowSec(),
+      enrolledAt: current.enrolledAt,
+    });
+    const loaded = await identityStore.load({ root, key, nowSec: nowSec() });
+    if (loaded === undefined) throw new WardError(ErrorCodes.IDENTITY_CORRUPT, 'renewal finished but no identity was stored');
+    audit.record({
+      category: 'configuration-change',
+      actor: loaded.deviceId,
+      action: 'identity.renew',
+      target: loaded.deviceId,
+      outcome: 'success',
+      details: { certSerial: loaded.certSerial, certNotAfter: loaded.certNotAfter },
+    });
+    logger.info({ certSerial: loaded.certSerial, certNotAfter: new Date(loaded.certNotAfter * 1000).toISOString() }, 'client certificate renewed');
+    await switchIdentity(loaded);
+  };
+
+  function scheduleRenewal(): void {
+    clearInterval(renewTimer);
+    const { renewAfterFraction, renewCheckSeconds } = config.provisioning;
+    renewTimer = setInterval(() => {
+      const current = identity;
+      if (current === undefined) return;
+      const due = current.certNotBefore + (current.certNotAfter - current.certNotBefore) * renewAfterFraction;
+      if (nowSec() < due) return;
+      // Failure is not fatal: the current certificate keeps working until it truly expires; the next tick retries.
+      renewNow().catch((err) =>
+        logger.warn(
+          { err: describeError(err), certNotAfter: new Date(current.certNotAfter * 1000).toISOString() },
+          'certificate renewal failed; will retry (the current certificate stays in use until it expires)',
+        ),
+      );
+    }, renewCheckSeconds * 1000);
+    renewTimer.unref();
+  }
+
   const consumeScans = async (scanner: ScanInput) => {
     for await (const scan of scanner.events()) {
       if (scan.kind === 'rejected') {
-        logger.warn({ reason: scan.reason }, 'scan refused');
+        audit.record({
+          category: 'request-error',
+          actor: 'scanner',
+          action: 'provision.scan',
+          outcome: 'refused',
+          code: 'WARD_SCAN_REJECTED',
+          details: { reason: scan.reason },
+        });
         continue;
       }
-      // Never log the scan itself: an enrollment QR carries a one-time token.
-      const digest = createHash('sha256').update(scan.text).digest('hex').slice(0, 12);
-      logger.warn(
-        { length: scan.text.length, sha256: digest, lifecycle: lifecycle.state },
-        'scan received; enrollment by QR code is not implemented yet (identity issue), so it is ignored',
-      );
+      if (provisioning) {
+        logger.warn({}, 'scan ignored: an enrollment is already in progress');
+        continue;
+      }
+      provisioning = doProvision(scan.text);
+      // Errors are already audited with their code; the log line tells the technician at the line what to do.
+      await provisioning
+        .catch((err) => logger.error({ code: (err as { code?: string }).code, err: describeError(err) }, 'enrollment code refused; scan a valid code'))
+        .finally(() => {
+          provisioning = undefined;
+        });
     }
   };
 
-  let started = false;
   return {
-    deviceId: config.deviceId,
+    get deviceId() {
+      return config.deviceId ?? identity?.deviceId;
+    },
     key,
     lifecycle,
     board,
-    link,
+    get link() {
+      return link;
+    },
+    get identity() {
+      return identity;
+    },
+    provision: (input) => {
+      if (provisioning) return Promise.reject(new WardError(ErrorCodes.ENROLL_REFUSED, 'an enrollment is already in progress'));
+      provisioning = doProvision(input);
+      return provisioning.finally(() => {
+        provisioning = undefined;
+      });
+    },
+    renewNow,
     async start() {
       if (started) throw new TypeError('agent started twice');
       started = true;
       showLed(lifecycle.state);
-      if (link) {
-        // Until enrollment and attestation land (identity and attestation issues), the identity is static:
-        // the controller key is pinned in config and the device key pre-registered with the controller.
-        // The agent therefore walks to 'attesting' and stays there: it never claims to be attested.
-        await advance('provision', 'static identity from config (enrollment not yet available)');
+      if (staticIdentity) {
+        // Static identity (lab and legacy setups): the controller key is pinned in config and the device key
+        // pre-registered with the controller. The agent walks to 'attesting' and stays there until attestation exists.
+        await advance('provision', 'static identity from config');
         await advance('enrolled', 'device key pre-registered with the controller');
+      } else if (identity) {
+        // Resume after a power cut between storing the identity and recording the transition (CONVENTIONS.md #3).
+        await advance('enrolled', 'identity present at start');
+        scheduleRenewal();
+      } else if (lifecycle.state === 'enrolling') {
+        await advance('enroll-failed', 'restarted during enrollment without an identity');
+      } else if (lifecycle.state !== 'unprovisioned') {
+        await advance('factory-reset', `no identity in ${identityStore.dir}`);
       }
       await plugins.start();
       await link?.start();
@@ -213,7 +419,9 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       }
     },
     async stop() {
+      stopping = true;
       clearInterval(watchdogTimer);
+      clearInterval(renewTimer);
       await hw.watchdog.stopping().catch(() => undefined);
       // Not awaiting the scan loop: closing the input ends it, and a tty read must never hold up a stop.
       await hw.scanner?.close();

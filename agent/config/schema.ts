@@ -9,6 +9,7 @@ import { DEVICE_ID_PATTERN } from '../shared/topics.js';
  */
 const b64urlKey = z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'expected a base64url ed25519 public key (43 characters)');
 const duration = z.number().int().positive();
+const LABEL = /^[A-Za-z0-9._-]{1,32}$/;
 
 export const mqttSchema = z.strictObject({
   /** mqtt://host:port, mqtts://host:port (TLS), ws:// or wss:// */
@@ -71,6 +72,27 @@ export const agentConfigSchema = z
       })
       .optional(),
     mqtt: mqttSchema.optional(),
+    /** The fleet root metadata baked into the image: the only thing a fresh gateway trusts. */
+    trust: z.strictObject({ rootFile: z.string().min(1) }).optional(),
+    /** What enrollment may assume about this gateway (all optional). */
+    provisioning: z
+      .strictObject({
+        /** The device id to enroll as; default gw-<12 hex of the device key's SHA-256>. */
+        deviceId: z.string().regex(DEVICE_ID_PATTERN, 'expected 1-64 of [A-Za-z0-9._-], starting alphanumeric').optional(),
+        /** Refuse enrollment codes for another site or line (a gateway imaged for one plant must not join another). */
+        site: z.string().regex(LABEL).optional(),
+        line: z.string().regex(LABEL).optional(),
+        timeoutMs: duration.default(30_000),
+        /** Renew the client certificate once this fraction of its lifetime has passed. */
+        renewAfterFraction: z
+          .number()
+          .min(0.1)
+          .max(0.95)
+          .default(2 / 3),
+        /** How often to check whether renewal is due. */
+        renewCheckSeconds: z.number().int().min(10).max(86_400).default(3600),
+      })
+      .default({ timeoutMs: 30_000, renewAfterFraction: 2 / 3, renewCheckSeconds: 3600 }),
     hardware: hardwareSchema.default({ root: '/', board: 'auto', statusLed: 'auto', watchdog: 'auto', scanner: null }),
     state: z
       .strictObject({
