@@ -5,21 +5,21 @@
 #      packages' scripts under qemu-user (binfmt_misc; registered here if
 #      the machine has not done it);
 #   2. Ward on top: the arm64 binary, the systemd units, the agent config,
-#      the fleet root public key, the service user; SSH not installed, getty
+#      the fleet root metadata (root.json), the service user; SSH not installed, getty
 #      off tty1 (the QR scanner types there), journald volatile;
 #   3. partitions as files: FAT boot (Raspberry Pi firmware + kernel + initrd
 #      + device trees, filled with mtools), ext4 root mounted read-only
 #      (mkfs.ext4 -d), ext4 state partition for /var/lib/ward; joined with
 #      sfdisk on the image file;
 #   4. <out>/ward-<board>.img.xz and its sha256.
-# Usage: images/build.sh --board rpi4 --fleet-root-key FILE [--binary dist/ward-linux-arm64] [--out dist/images] [--mirror URL]
+# Usage: images/build.sh --board rpi4 --fleet-root FILE [--binary dist/ward-linux-arm64] [--out dist/images] [--mirror URL]
 # Needs root (mmdebstrap root mode, file ownership in the root filesystem).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 
 board=rpi4
-fleet_key=""
+fleet_root=""
 binary="$repo/dist/ward-linux-arm64"
 out="$repo/dist/images"
 mirror="http://deb.debian.org/debian"
@@ -28,7 +28,7 @@ reuse=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --board) board=$2; shift 2 ;;
-    --fleet-root-key) fleet_key=$2; shift 2 ;;
+    --fleet-root) fleet_root=$2; shift 2 ;;
     --binary) binary=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --mirror) mirror=$2; shift 2 ;;
@@ -48,8 +48,9 @@ case "$board" in
   *) die "unknown board '$board' (known: rpi4)" ;;
 esac
 [ "$(id -u)" -eq 0 ] || die "run as root (mmdebstrap root mode)"
-[ -n "$fleet_key" ] || die "--fleet-root-key FILE is required: the fleet root public key is the image's only trust anchor"
-[ -s "$fleet_key" ] || die "fleet root key $fleet_key is missing or empty"
+[ -n "$fleet_root" ] || die "--fleet-root FILE is required: the fleet root metadata (root.json from \`ward fleet init\`) is the image's only trust anchor"
+[ -s "$fleet_root" ] || die "fleet root $fleet_root is missing or empty"
+grep -q '"typ": *"ward.root"' "$fleet_root" || die "$fleet_root is not Ward fleet root metadata (ward fleet init writes root.json)"
 [ -x "$binary" ] || die "$binary is missing: npm run build:binary -- --target linux-arm64"
 for tool in mmdebstrap mkfs.ext4 mkfs.vfat mcopy mmd sfdisk xz qemu-aarch64-static; do
   command -v "$tool" >/dev/null || die "$tool is missing (Debian: mmdebstrap e2fsprogs dosfstools mtools fdisk xz-utils qemu-user-static)"
@@ -89,7 +90,7 @@ mmdebstrap \
   --customize-hook='rm "$1/usr/sbin/update-initramfs" && chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && chroot "$1" update-initramfs -c -k all' \
   --customize-hook="cp -a '$here/rootfs/.' \"\$1/\"" \
   --customize-hook="install -m 0755 '$binary' \"\$1/usr/bin/ward\"" \
-  --customize-hook="install -m 0644 '$fleet_key' \"\$1/etc/ward/fleet-root.pub\"" \
+  --customize-hook="install -m 0644 '$fleet_root' \"\$1/etc/ward/fleet-root.json\"" \
   --customize-hook='chroot "$1" systemd-sysusers' \
   --customize-hook='chroot "$1" systemctl enable ward-setup.service ward-agent.service systemd-networkd.service systemd-timesyncd.service' \
   --customize-hook='chroot "$1" systemctl mask getty@tty1.service serial-getty@ttyAMA0.service' \

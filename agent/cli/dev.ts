@@ -1,22 +1,26 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import YAML from 'yaml';
 import { type ControllerConfigInput, controllerConfigSchema } from '../../controller/config.js';
 import { type Controller, startController } from '../../controller/controller.js';
+import { certifyController, initFleet, ROOT_FILE } from '../../controller/fleet.js';
 import { builtinPlugins } from '../../plugins/index.js';
 import { validateConfig } from '../config/load.js';
 import { type AgentConfigInput, agentConfigSchema } from '../config/schema.js';
 import { describeError } from '../core/errors.js';
-import { loadOrCreateSigningKey } from '../identity/keystore.js';
 import { createLogger } from '../log.js';
-import { ensurePrivateDir } from '../state/files.js';
+import { renderPng, renderTerminal } from '../shared/qr.js';
+import { ensurePrivateDir, fileMode } from '../state/files.js';
 import { type Agent, buildAgent } from '../system.js';
 
 /**
- * `ward dev`: the whole system on one machine. Controller with its embedded
- * broker, plus one agent (in this process) with a simulated PLC, all state in
- * one folder. The agent and controller configs are written there too, so a
+ * `ward dev`: the whole system on one machine. A dev fleet root, the
+ * controller it certifies with its embedded broker (TLS, enrollment tokens,
+ * per-device ACLs), and one agent (in this process) with a simulated PLC that
+ * enrolls through the same QR-code path as a gateway at the line. All state
+ * in one folder. The agent and controller configs are written there too, so a
  * person can run the same pieces separately with `ward agent run -c …`.
  */
 export interface DevOptions {
@@ -37,20 +41,39 @@ export interface DevStack {
 }
 
 export const DEV_DEVICE_ID = 'dev-gw-1';
+const DEV_SITE = 'dev-site';
+
+/**
+ * The dev stack's own fleet, created on first run: a throwaway passphrase
+ * (kept in the folder, 0600) and the cheapest scrypt cost, because this root
+ * guards nothing but a development folder. Never use it for real gateways.
+ */
+async function devFleet(dir: string): Promise<{ rootFile: string; passphraseFile: string; controllerStateDir: string }> {
+  const fleetDir = join(dir, 'fleet');
+  const passphraseFile = join(dir, 'fleet-passphrase');
+  const controllerStateDir = join(dir, 'controller');
+  const rootFile = join(fleetDir, ROOT_FILE);
+  if ((await fileMode(rootFile)) === undefined) {
+    const passphrase = randomBytes(18).toString('base64url');
+    await writeFile(passphraseFile, `${passphrase}\n`, { mode: 0o600 });
+    await initFleet({ dir: fleetDir, passphrase, name: 'ward-dev', scryptCost: 2 ** 14 });
+    await certifyController({ fleetDir, passphrase, controllerStateDir });
+  }
+  return { rootFile, passphraseFile, controllerStateDir };
+}
 
 export async function runDev(options: DevOptions): Promise<DevStack> {
   const out = options.out ?? process.stderr;
   const dir = options.dir ? resolve(options.dir) : await mkdtemp(join(tmpdir(), 'ward-dev-'));
   await ensurePrivateDir(dir);
   const agentStateDir = join(dir, 'agent');
-  const { key: deviceKey } = await loadOrCreateSigningKey(agentStateDir);
+  const fleet = await devFleet(dir);
 
   const controllerInput: ControllerConfigInput = {
-    stateDir: join(dir, 'controller'),
+    stateDir: fleet.controllerStateDir,
     replicaId: 'dev-controller',
     broker: { embedded: { host: '127.0.0.1', tcpPort: options.mqttPort, wsPort: options.wsPort }, sharedGroup: null },
     api: { host: '127.0.0.1', port: options.apiPort },
-    devices: [{ id: DEV_DEVICE_ID, publicKey: deviceKey.publicRaw }],
     log: { level: options.logLevel as 'info' },
   };
   const controllerConfig = validateConfig(controllerInput, '(ward dev)', controllerConfigSchema);
@@ -59,11 +82,12 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
 
   let agent: Agent | undefined;
   try {
+    const enrollment = controller.enrollment;
+    if (enrollment === undefined) throw new TypeError('the dev controller is certified, so enrollment must be on');
     const agentInput: AgentConfigInput = {
-      deviceId: DEV_DEVICE_ID,
       stateDir: agentStateDir,
-      controller: { publicKey: controller.publicKey },
-      mqtt: { url: controller.brokerUrl, reconnect: { baseMs: 250, capMs: 5_000 } },
+      trust: { rootFile: fleet.rootFile },
+      provisioning: { deviceId: DEV_DEVICE_ID, site: DEV_SITE },
       state: { heartbeatSeconds: 60 },
       // A development stack never drives the host's LEDs or answers to its service manager.
       hardware: { statusLed: 'none', watchdog: 'none' },
@@ -75,7 +99,7 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
     await writeFile(join(dir, 'controller.yaml'), YAML.stringify(controllerInput), { mode: 0o600 });
 
     const online = new Promise<boolean>((resolveOnline) => {
-      const timer = setTimeout(() => resolveOnline(false), 20_000);
+      const timer = setTimeout(() => resolveOnline(false), 60_000);
       const off = controller.registry.onState(async (e) => {
         if (e.deviceId !== DEV_DEVICE_ID || e.outcome !== 'applied') return;
         if ((await controller.registry.get(DEV_DEVICE_ID))?.online) {
@@ -87,16 +111,32 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
     });
     agent = await buildAgent({ config: agentConfig, logger: createLogger({ level: agentConfig.log.level, name: 'ward-agent' }), plugins: builtinPlugins });
     await agent.start();
+    if (agent.identity === undefined) {
+      // The same path as a scan at the line: a one-time code, verified against the fleet root, then enrollment.
+      const first = await enrollment.createCode({ site: DEV_SITE, line: 'line-1', cell: 'cell-1', ttlSeconds: 3600 });
+      await agent.provision(first.text);
+    }
     const isOnline = await online;
+    // A second code, for a person to try provisioning another gateway by hand.
+    const spare = await enrollment.createCode({ site: DEV_SITE, line: 'line-1', cell: 'cell-2', ttlSeconds: 24 * 3600 });
+    const pngFile = join(dir, 'enroll-code.png');
+    await writeFile(pngFile, await renderPng(spare.text, { scale: 6 }), { mode: 0o600 });
     const lines = [
       '',
       `Ward dev stack is running (state in ${dir})`,
       `  devices        curl ${controller.apiUrl}/api/devices`,
       `  health         curl ${controller.apiUrl}/api/health`,
       `  ping agent     curl -X POST ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/ping`,
-      `  MQTT broker    ${controller.brokerUrl}${controller.wsUrl ? `  (WebSocket ${controller.wsUrl})` : ''}`,
-      `  agent          ${DEV_DEVICE_ID}: ${isOnline ? 'online' : 'NOT online yet (see logs)'}, lifecycle ${agent.lifecycle.state}`,
+      `  MQTT broker    ${controller.brokerUrl} (mutual TLS; enrollment tokens)`,
+      `  agent          ${DEV_DEVICE_ID}: ${isOnline ? 'online' : 'NOT online yet (see logs)'}, enrolled by QR code, lifecycle ${agent.lifecycle.state}`,
+      `  fleet root     ${fleet.rootFile} (dev passphrase in ${fleet.passphraseFile})`,
       `  configs        ${join(dir, 'agent.yaml')}, ${join(dir, 'controller.yaml')}`,
+      '',
+      `A spare enrollment code (${DEV_SITE}/line-1/cell-2, valid 24 h, ${pngFile}); provision a second gateway with it:`,
+      '  ward provision -c <agent.yaml with trust.rootFile> --image ' + pngFile,
+      await renderTerminal(spare.text),
+      spare.text,
+      '',
       'Press Ctrl-C to stop.',
       '',
     ];

@@ -9,6 +9,7 @@ import { createLogger } from '../log.js';
 import { buildAgent } from '../system.js';
 import { WARD_VERSION } from '../version.js';
 import { runDev } from './dev.js';
+import { enrollCode, fleetCertify, fleetInit, fleetShow, identityReset, identityShow, provisionCommand } from './identity.js';
 import { ExitCode, fatal, runUntilSignal } from './run.js';
 
 /**
@@ -78,6 +79,79 @@ export function buildProgram(): Command {
       );
     });
 
+  controller
+    .command('enroll-code')
+    .description('create a one-time enrollment code (QR) for a gateway at site/line/cell, through the controller API')
+    .requiredOption('--site <site>', 'site the gateway belongs to')
+    .requiredOption('--line <line>', 'production line')
+    .requiredOption('--cell <cell>', 'cell')
+    .option('--ttl <duration>', 'validity: 90m, 24h, 7d, …', '24h')
+    .option('--api <url>', 'controller API', 'http://127.0.0.1:8080')
+    .option('--png <file>', 'write the QR code as PNG (label printer)')
+    .option('--svg <file>', 'write the QR code as SVG')
+    .option('--no-terminal', 'do not draw the QR code on the terminal')
+    .action(async (opts: { site: string; line: string; cell: string; ttl: string; api: string; png?: string; svg?: string; terminal: boolean }) => {
+      await enrollCode(opts, process.stdout);
+    });
+
+  const fleet = program.command('fleet').description('fleet root keys (operator, offline)');
+  const passphraseHelp = 'file holding the fleet root passphrase (default: $WARD_FLEET_PASSPHRASE)';
+  fleet
+    .command('init')
+    .description('create the fleet root key (sealed with a passphrase) and its signed root metadata (root.json)')
+    .requiredOption('--dir <dir>', 'fleet folder (keep it offline)')
+    .option('--passphrase-file <file>', passphraseHelp)
+    .option('--name <name>', 'a name for the fleet')
+    .action(async (opts: { dir: string; passphraseFile?: string; name?: string }) => {
+      await fleetInit(opts, process.stdout);
+    });
+  fleet
+    .command('certify-controller')
+    .description("certify a controller's key and fleet CA with the root (creates both on first use)")
+    .requiredOption('--dir <dir>', 'fleet folder')
+    .requiredOption('--state-dir <dir>', "the controller's state folder")
+    .option('--passphrase-file <file>', passphraseHelp)
+    .option('--valid-days <days>', 'validity of the certification', (v) => parseCount(v, 1, 3650), 365)
+    .action(async (opts: { dir: string; stateDir: string; passphraseFile?: string; validDays: number }) => {
+      await fleetCertify({ ...opts, controllerStateDir: opts.stateDir }, process.stdout);
+    });
+  fleet
+    .command('show')
+    .description('print the fleet root fingerprint and keys (and check the passphrase if one is given)')
+    .requiredOption('--dir <dir>', 'fleet folder')
+    .option('--passphrase-file <file>', passphraseHelp)
+    .action(async (opts: { dir: string; passphraseFile?: string }) => {
+      await fleetShow(opts, process.stdout);
+    });
+
+  program
+    .command('provision')
+    .description('enroll this gateway with a scanned enrollment code: pasted, typed by a USB scanner on stdin, or a camera image')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('--text <text>', 'the enrollment code text (WARD1:…)')
+    .option('--image <file>', 'a PNG or JPEG picture of the QR code')
+    .option('--reenroll', 'replace the certificates of an enrolled gateway, keeping its id and key')
+    .action(async (opts: { config: string; text?: string; image?: string; reenroll?: boolean }) => {
+      await provisionCommand(opts, process.stdout);
+    });
+
+  const identity = program.command('identity').description("the gateway's enrolled identity");
+  identity
+    .command('show')
+    .description('print the device id, site/line/cell and certificate validity')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .action(async (opts: { config: string }) => {
+      await identityShow(opts, process.stdout);
+    });
+  identity
+    .command('reset')
+    .description('factory reset: wipe the device key and identity (the gateway enrolls again as a new device)')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('--yes', 'confirm')
+    .action(async (opts: { config: string; yes?: boolean }) => {
+      await identityReset(opts, process.stdout);
+    });
+
   program
     .command('dev')
     .description('run a local stack: controller + embedded broker + one agent with a simulated PLC')
@@ -92,6 +166,12 @@ export function buildProgram(): Command {
     });
 
   return program;
+}
+
+function parseCount(value: string, min: number, max: number): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected an integer ${min}-${max}`);
+  return n;
 }
 
 function parsePort(value: string): number {

@@ -116,6 +116,10 @@ function canConnect(port: number): Promise<boolean> {
 export interface ConfiguredMosquitto extends Mosquitto {
   /** The listener ports, in the order given. `port`/`url` refer to the first one (plain mqtt:// in the URL whatever the listener speaks). */
   readonly ports: readonly number[];
+  /** The broker's process id (for a pid file a controller signals). */
+  readonly pid: number | undefined;
+  /** How many times the broker has logged "Reloading config." so far. */
+  reloads(): number;
   /**
    * SIGHUP, resolved once the broker has logged "Reloading config." (so the
    * config needs `log_type information`, Mosquitto's default). Connections
@@ -174,6 +178,10 @@ export async function startMosquittoWithConfig(options: { dir: string; configTex
   return {
     port: first,
     ports: [...options.ports],
+    get pid() {
+      return child?.pid;
+    },
+    reloads,
     url: `mqtt://127.0.0.1:${first}`,
     tlsUrl: undefined,
     output: () => out,

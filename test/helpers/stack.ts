@@ -93,13 +93,20 @@ export interface AgentProcess {
 }
 
 /** Runs `ward <args>` from source in its own process (so kill -9 is real). Killed at test end if still running. */
-export function spawnWard(t: ExecutionContext, args: string[], env: NodeJS.ProcessEnv = {}): AgentProcess {
-  return spawnProcess(t, process.execPath, [WARD_CLI, ...args], env);
+export function spawnWard(t: ExecutionContext, args: string[], env: NodeJS.ProcessEnv = {}, options: { input?: string } = {}): AgentProcess {
+  return spawnProcess(t, process.execPath, [WARD_CLI, ...args], env, options);
 }
 
 /** Any command, its stdout and stderr collected together; killed at test end if still running. */
-export function spawnProcess(t: ExecutionContext, command: string, args: string[], env: NodeJS.ProcessEnv = {}): AgentProcess {
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+export function spawnProcess(
+  t: ExecutionContext,
+  command: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  options: { input?: string } = {},
+): AgentProcess {
+  const child = spawn(command, args, { stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  if (options.input !== undefined) child.stdin?.end(options.input);
   let out = '';
   child.stdout?.on('data', (d) => {
     out += d;

@@ -93,5 +93,5 @@ test('ward dev says which port is taken instead of crashing obscurely', async (t
   const dir = await tempDir(t);
   const p = spawnWard(t, ['dev', '--dir', dir, '--mqtt-port', String(taken), '--ws-port', '0', '--api-port', '0', '--log-level', 'silent']);
   t.is(await p.exited, 1);
-  t.regex(p.output(), new RegExp(`WARD_CONTROLLER_LISTEN_FAILED: MQTT port 127.0.0.1:${taken} is already in use`));
+  t.regex(p.output(), new RegExp(`WARD_CONTROLLER_LISTEN_FAILED: MQTT \\(TLS\\) port 127.0.0.1:${taken} is already in use`));
 });

@@ -42,7 +42,9 @@ test('an agent without identity waits for provisioning: slow blink, READY to the
 
   const secret = 'WARD1:SECRET-ENROLLMENT-TOKEN-0123456789';
   scanner.type(`${secret}\r\n`);
-  await waitFor('scan handled', () => lines.some((l) => typeof l.msg === 'string' && l.msg.startsWith('scan received')), 5_000, 10);
+  await waitFor('scan handled', () => lines.some((l) => typeof l.msg === 'string' && l.msg.startsWith('enrollment code refused')), 5_000, 10);
+  // This config names no fleet root, so no code can be checked: refused with a reason, as an audit line.
+  t.true(lines.some((l) => l.audit === true && l.action === 'provision.scan' && l.code === 'WARD_FLEET_NOT_INITIALISED'));
   t.false(JSON.stringify(lines).includes('SECRET-ENROLLMENT-TOKEN'), 'the scanned token never reaches a log line');
   t.is(agent.lifecycle.state, 'unprovisioned', 'an unverified scan changes nothing');
 

@@ -1,0 +1,214 @@
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import test from 'ava';
+import mqtt from 'mqtt';
+import { PNG } from 'pngjs';
+import { MemoryAuditSink } from '../../agent/core/audit.js';
+import { base45Decode, base45Encode } from '../../agent/shared/base45.js';
+import { BUNDLE_PREFIX } from '../../agent/shared/bundle.js';
+import { buildAgent } from '../../agent/system.js';
+import { builtinPlugins } from '../../plugins/index.js';
+import { freshAgent, makeFleet, startFleetController } from '../helpers/fleet.js';
+import { waitFor } from '../helpers/net.js';
+import { apiDevice, getJson, testLogger } from '../helpers/stack.js';
+
+// Real components: the controller with its embedded aedes broker on TLS, in this process; the
+// agent in this process too (the CLI path is covered in provision-cli.test.ts).
+
+test('a fresh gateway enrolls with a scanned code and comes online over mutual TLS', async (t) => {
+  const fleet = await makeFleet(t);
+  const controllerAudit = new MemoryAuditSink();
+  const controller = await startFleetController(t, fleet, { audit: controllerAudit });
+  t.true(controller.brokerUrl.startsWith('mqtts://'));
+  const created = await getJson<{ text: string; codeId: string; qr: { version: number } }>(`${controller.apiUrl}/api/enroll-codes`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ site: 'lyon', line: 'l3', cell: 'c12', ttlSeconds: 3600 }),
+  });
+  t.is(created.status, 201);
+  const { agent } = await freshAgent(t, fleet);
+  await agent.start();
+  t.is(agent.lifecycle.state, 'unprovisioned');
+  const deviceId = await agent.provision(created.body.text);
+  t.regex(deviceId, /^gw-[0-9a-f]{12}$/);
+  t.is(agent.lifecycle.state, 'attesting');
+  const online = await waitFor('enrolled gateway online', async () => {
+    const d = await apiDevice(controller, deviceId);
+    return d?.online ? d : undefined;
+  });
+  t.is(online.lifecycle, 'attesting');
+  const record = await controller.registry.get(deviceId);
+  t.is(record?.identity?.status, 'active');
+  t.is(record?.identity?.site, 'lyon');
+  t.truthy(controllerAudit.find((e) => e.action === 'device.enroll' && e.outcome === 'success'));
+  const ping = await getJson<{ result: { pong: boolean } }>(`${controller.apiUrl}/api/devices/${deviceId}/ping`, { method: 'POST' });
+  t.true(ping.body.result.pong);
+  const codes = await getJson<{ codes: { codeId: string; status: string; usedBy?: string }[] }>(`${controller.apiUrl}/api/enroll-codes`);
+  t.deepEqual(
+    codes.body.codes.map((c) => [c.codeId, c.status, c.usedBy]),
+    [[created.body.codeId, 'used', deviceId]],
+    'the token is burned',
+  );
+});
+
+async function createCode(controller: { apiUrl: string }, body: Record<string, unknown> = {}): Promise<{ text: string; codeId: string }> {
+  const res = await getJson<{ text: string; codeId: string }>(`${controller.apiUrl}/api/enroll-codes`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ site: 'lyon', line: 'l3', cell: 'c12', ttlSeconds: 3600, ...body }),
+  });
+  if (res.status !== 201) throw new Error(`enroll-code: ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body;
+}
+
+async function rejectionCode(promise: Promise<unknown>): Promise<string | undefined> {
+  try {
+    await promise;
+    return undefined;
+  } catch (err) {
+    return (err as { code?: string }).code ?? (err as Error).message;
+  }
+}
+
+test('refused scans change nothing: foreign root, flipped bit, expired, other site, garbage, a picture without a QR code', async (t) => {
+  const fleet = await makeFleet(t);
+  const controllerAudit = new MemoryAuditSink();
+  const controller = await startFleetController(t, fleet, { audit: controllerAudit });
+  const good = await createCode(controller);
+  const otherSite = await createCode(controller, { site: 'paris' });
+  const rogue = await makeFleet(t);
+  const rogueController = await startFleetController(t, rogue);
+  const foreign = await createCode(rogueController);
+  const raw = base45Decode(good.text.slice(BUNDLE_PREFIX.length));
+  raw[raw.length - 10] = (raw[raw.length - 10] as number) ^ 0x01; // inside the controller signature
+  const flipped = BUNDLE_PREFIX + base45Encode(raw);
+  const blank = new PNG({ width: 64, height: 64 });
+  blank.data.fill(255);
+
+  const { agent, audit, stateDir } = await freshAgent(t, fleet, { provisioning: { site: 'lyon', timeoutMs: 10_000 } });
+  // The expired case: the same valid code, seen by a gateway whose clock is two hours later.
+  const late = await freshAgent(t, fleet, {}, { clock: { now: () => Date.now() + 2 * 3600_000, monotonic: () => performance.now() } });
+  await agent.start();
+  await late.agent.start();
+  const cases: [string, () => Promise<unknown>, string][] = [
+    ['foreign fleet', () => agent.provision(foreign.text), 'WARD_BUNDLE_UNTRUSTED_CONTROLLER'],
+    ['bit flipped', () => agent.provision(flipped), 'WARD_BUNDLE_BAD_SIGNATURE'],
+    ['other site', () => agent.provision(otherSite.text), 'WARD_BUNDLE_WRONG_SITE'],
+    ['truncated', () => agent.provision(good.text.slice(0, 120)), 'WARD_BUNDLE_MALFORMED'],
+    ['garbage', () => agent.provision('4006381333931'), 'WARD_BUNDLE_MALFORMED'],
+    ['no QR in picture', () => agent.provision(PNG.sync.write(blank)), 'WARD_QR_NOT_FOUND'],
+    ['not a picture', () => agent.provision(new Uint8Array([0xff, 0xd8, 0xff, 0x00, 1, 2, 3])), 'WARD_QR_IMAGE_UNREADABLE'],
+    ['expired', () => late.agent.provision(good.text), 'WARD_BUNDLE_EXPIRED'],
+  ];
+  for (const [name, scan, expected] of cases) {
+    // One at a time: a gateway handles one scan at a time.
+    t.is(await rejectionCode(scan()), expected, name);
+  }
+  for (const a of [agent, late.agent]) {
+    t.is(a.lifecycle.state, 'unprovisioned');
+    t.is(a.identity, undefined);
+    t.is(a.link, undefined);
+  }
+  await t.throwsAsync(stat(join(stateDir, 'identity')), { code: 'ENOENT' }, 'no identity was written');
+  const refusals = [...audit.events, ...late.audit.events].filter((e) => e.action === 'provision.scan' && e.outcome === 'refused').map((e) => e.code);
+  t.deepEqual(refusals.sort(), cases.map((c) => c[2]).sort(), 'each refusal is an audit event with its code');
+  t.false(JSON.stringify(audit.events).includes(good.text.slice(8, 40)), 'the audit trail never holds the token-bearing text');
+  t.is(
+    controllerAudit.find((e) => e.action === 'device.enroll'),
+    undefined,
+    'the controller never saw a request',
+  );
+  const codes = await getJson<{ codes: { status: string }[] }>(`${controller.apiUrl}/api/enroll-codes`);
+  t.deepEqual(
+    codes.body.codes.map((c) => c.status),
+    ['open', 'open'],
+    'no code was burned',
+  );
+});
+
+test('a used token is refused by the broker, and the second gateway walks back to unprovisioned', async (t) => {
+  const fleet = await makeFleet(t);
+  const controllerAudit = new MemoryAuditSink();
+  const controller = await startFleetController(t, fleet, { audit: controllerAudit });
+  const code = await createCode(controller);
+  const first = await freshAgent(t, fleet);
+  await first.agent.start();
+  await first.agent.provision(code.text);
+  const second = await freshAgent(t, fleet);
+  await second.agent.start();
+  t.is(await rejectionCode(second.agent.provision(code.text)), 'WARD_ENROLL_TOKEN_UNKNOWN');
+  t.is(second.agent.lifecycle.state, 'unprovisioned');
+  t.truthy(second.audit.find((e) => e.action === 'identity.enroll' && e.outcome === 'failure' && e.code === 'WARD_ENROLL_TOKEN_UNKNOWN'));
+  t.truthy(controllerAudit.find((e) => e.action === 'broker.connect' && e.outcome === 'refused' && e.actor === `_enroll-${code.codeId}`));
+  t.is((await controller.registry.list()).length, 1, 'only the first gateway exists');
+});
+
+test('an enrolled device is confined to its own topics, renews its certificate, survives a restart, and a revoked one is refused', async (t) => {
+  const fleet = await makeFleet(t);
+  const controllerAudit = new MemoryAuditSink();
+  const controller = await startFleetController(t, fleet, { audit: controllerAudit });
+  const code = await createCode(controller);
+  const gw = await freshAgent(t, fleet);
+  await gw.agent.start();
+  const deviceId = await gw.agent.provision(code.text);
+  await waitFor('online', async () => (await apiDevice(controller, deviceId))?.online);
+  const identity = gw.agent.identity;
+  if (identity === undefined) throw new Error('no identity');
+
+  // Posing as the device with its own certificate: anything outside ward/v1/<id>/ is refused by the broker.
+  const tls = {
+    ca: await readFile(identity.files.ca),
+    cert: await readFile(identity.files.cert),
+    key: await readFile(identity.files.key),
+    rejectUnauthorized: true,
+  };
+  const rogue = await mqtt.connectAsync(controller.brokerUrl, { ...tls, protocolVersion: 4, clientId: `rogue-${deviceId}`, reconnectPeriod: 0 });
+  // mqtt.js rejects a SUBSCRIBE with any failed filter and carries the SUBACK on the error.
+  const suback = await rogue.subscribeAsync([`ward/v1/${deviceId}/cmd`, 'ward/v1/+/state', 'ward/v1/other-gw/cmd']).then(
+    () => undefined,
+    (err: { packet?: { granted?: number[] } }) => err.packet?.granted,
+  );
+  t.deepEqual(suback, [0, 128, 128], 'its own topics only; wildcards across devices and other devices are refused');
+  const closed = new Promise<void>((resolve) => rogue.once('close', () => resolve()));
+  rogue.publish('ward/v1/other-gw/state', '{"forged":true}', { qos: 0 });
+  await closed;
+  t.truthy(
+    controllerAudit.find((e) => e.action === 'broker.publish' && e.outcome === 'refused' && e.target === 'ward/v1/other-gw/state' && e.actor === deviceId),
+  );
+  t.is(await controller.registry.get('other-gw'), undefined);
+  await rogue.endAsync(true).catch(() => undefined);
+
+  // Renewal: a new key and certificate, same identity, back online.
+  const before = identity.certSerial;
+  await gw.agent.renewNow();
+  const renewed = gw.agent.identity;
+  t.not(renewed?.certSerial, before);
+  t.not(renewed?.files.key, identity.files.key, 'a fresh TLS key each renewal');
+  await waitFor('online after renewal', async () => (await apiDevice(controller, deviceId))?.online);
+  t.deepEqual((await controller.registry.get(deviceId))?.identity?.serials, [before, renewed?.certSerial]);
+
+  // Restart: the identity is read back from disk and verified; the gateway comes online by itself.
+  await gw.agent.stop();
+  await waitFor('offline after stop', async () => (await apiDevice(controller, deviceId))?.online === false);
+  const restarted = await buildAgent({ config: gw.config, logger: testLogger(), plugins: builtinPlugins, audit: gw.audit });
+  t.teardown(() => restarted.stop());
+  t.is(restarted.deviceId, deviceId);
+  await restarted.start();
+  await waitFor('online after restart', async () => (await apiDevice(controller, deviceId))?.online);
+
+  // Revocation: the live connection is dropped and every reconnection is refused.
+  const revoked = await getJson<{ identity: { status: string } }>(`${controller.apiUrl}/api/devices/${deviceId}/revoke`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ reason: 'gateway stolen from line 3' }),
+  });
+  t.is(revoked.status, 200);
+  t.is(revoked.body.identity.status, 'revoked');
+  await waitFor('reconnection refused by the broker', () =>
+    controllerAudit.find((e) => e.action === 'broker.connect' && e.outcome === 'refused' && e.actor === deviceId),
+  );
+  t.false(restarted.link?.connected ?? false);
+  const device = await apiDevice(controller, deviceId);
+  t.false(device?.online);
+  t.truthy(controllerAudit.find((e) => e.action === 'device.revoke' && e.target === deviceId));
+});
