@@ -133,7 +133,7 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
       `  configs        ${join(dir, 'agent.yaml')}, ${join(dir, 'controller.yaml')}`,
       '',
       `A spare enrollment code (${DEV_SITE}/line-1/cell-2, valid 24 h, ${pngFile}); provision a second gateway with it:`,
-      '  ward provision -c <agent.yaml with trust.rootFile> --image ' + pngFile,
+      `  ward provision -c <agent.yaml with trust.rootFile> --image ${pngFile}`,
       await renderTerminal(spare.text),
       spare.text,
       '',

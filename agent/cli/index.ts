@@ -1,6 +1,8 @@
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import YAML from 'yaml';
 import { controllerConfigSchema } from '../../controller/config.js';
 import { startController } from '../../controller/controller.js';
+import { setupMosquitto } from '../../controller/mosquitto-setup.js';
 import { builtinPlugins } from '../../plugins/index.js';
 import { loadConfigFile, validateConfig } from '../config/load.js';
 import { agentConfigSchema } from '../config/schema.js';
@@ -94,6 +96,37 @@ export function buildProgram(): Command {
       await enrollCode(opts, process.stdout);
     });
 
+  controller
+    .command('mosquitto-setup')
+    .description('write certificates, mosquitto.conf and access files for an external Mosquitto fronting the fleet (controller stopped)')
+    .requiredOption('--state-dir <dir>', "the controller's state folder (certified)")
+    .requiredOption('--out <dir>', 'folder for the broker files (the controller keeps its ACL, password and CRL files up to date)')
+    .option('--host <host>', 'listener address', '0.0.0.0')
+    .option('--server-host <name...>', 'names/addresses gateways dial (TLS certificate SANs)')
+    .option('--mtls-port <port>', 'mutual-TLS listener (devices, controller)', parsePort, 8883)
+    .option('--enroll-port <port>', 'enrollment listener (token accounts)', parsePort, 8884)
+    .action(async (opts: { stateDir: string; out: string; host: string; serverHost?: string[]; mtlsPort: number; enrollPort: number }) => {
+      const r = await setupMosquitto({
+        stateDir: opts.stateDir,
+        outDir: opts.out,
+        host: opts.host,
+        mtlsPort: opts.mtlsPort,
+        enrollPort: opts.enrollPort,
+        ...(opts.serverHost ? { serverHosts: opts.serverHost } : {}),
+      });
+      const dial = opts.serverHost?.[0] ?? opts.host;
+      process.stdout.write(
+        [
+          `Mosquitto files written to ${r.dir}; start it with: mosquitto -c ${r.confFile}`,
+          'Controller config for this broker:',
+          YAML.stringify({
+            broker: { url: `mqtts://${dial}:${opts.mtlsPort}`, tls: r.controllerTls, mosquitto: { dir: r.dir, pidFile: '/run/mosquitto/mosquitto.pid' } },
+            enrollment: { advertise: [`${dial}:${opts.enrollPort}`], deviceBrokers: [`mqtts://${dial}:${opts.mtlsPort}`] },
+          }),
+        ].join('\n'),
+      );
+    });
+
   const fleet = program.command('fleet').description('fleet root keys (operator, offline)');
   const passphraseHelp = 'file holding the fleet root passphrase (default: $WARD_FLEET_PASSPHRASE)';
   fleet
@@ -161,8 +194,14 @@ export function buildProgram(): Command {
     .option('--api-port <port>', 'controller HTTP API port', parsePort, 18080)
     .option('--log-level <level>', 'log level', 'info')
     .action(async (opts: { dir?: string; mqttPort: number; wsPort: number; apiPort: number; logLevel: string }) => {
-      const stack = await runDev(opts);
-      runUntilSignal(() => stack.stop(), 15_000);
+      // Signals are handled from the start: bringing the stack up (enrollment, QR rendering) takes seconds,
+      // and a Ctrl-C in that window must still stop it cleanly.
+      const starting = runDev(opts);
+      runUntilSignal(async () => {
+        const stack = await starting.catch(() => undefined);
+        await stack?.stop();
+      }, 15_000);
+      await starting;
     });
 
   return program;
