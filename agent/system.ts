@@ -15,9 +15,10 @@ import type { AuditSink } from './core/audit.js';
 import { type Clock, systemClock } from './core/clock.js';
 import { describeError, ErrorCodes, WardError } from './core/errors.js';
 import { Lifecycle, type LifecycleEvent, nextState } from './core/lifecycle.js';
+import { fetchClaimedBundle, loadOrCreateClaim } from './identity/claim.js';
 import { acceptIdentity, renew } from './identity/enroll.js';
 import { loadOrCreateSigningKey } from './identity/keystore.js';
-import { type ProvisionContext, provision } from './identity/provision.js';
+import { deriveDeviceId, type ProvisionContext, provision } from './identity/provision.js';
 import { IdentityStore, type LoadedIdentity } from './identity/store.js';
 import { readRootFile } from './identity/trust.js';
 import type { Logger } from './log.js';
@@ -338,6 +339,29 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     renewTimer.unref();
   }
 
+  let claimTimer: NodeJS.Timeout | undefined;
+  /** Reverse flow: while unprovisioned, look for a bundle an operator confirmed for this gateway's claim. */
+  const watchClaim = async (broker: string) => {
+    const claim = await loadOrCreateClaim(config.stateDir, key, config.provisioning.deviceId ?? deriveDeviceId(key.publicRaw));
+    logger.info({ deviceId: claim.deviceId, claimId: claim.claimId, broker }, 'claimable: show the claim QR (ward identity qr) to an operator');
+    const poll = async () => {
+      claimTimer = undefined;
+      if (stopping || identity !== undefined || provisioning) return;
+      const text = await fetchClaimedBundle({ broker, claim, timeoutMs: 10_000 });
+      if (text !== undefined && !stopping && identity === undefined && !provisioning) {
+        logger.info({ claimId: claim.claimId }, 'a confirmed claim delivered an enrollment code');
+        provisioning = doProvision(text);
+        await provisioning
+          .catch((err) => logger.error({ code: (err as { code?: string }).code, err: describeError(err) }, 'the claimed enrollment code was refused'))
+          .finally(() => {
+            provisioning = undefined;
+          });
+      }
+      if (!stopping && identity === undefined) claimTimer = setTimeout(() => void poll(), config.provisioning.claimPollSeconds * 1000);
+    };
+    await poll();
+  };
+
   const consumeScans = async (scanner: ScanInput) => {
     for await (const scan of scanner.events()) {
       if (scan.kind === 'rejected') {
@@ -407,6 +431,10 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       await plugins.start();
       await link?.start();
       if (hw.scanner) void consumeScans(hw.scanner).catch((err) => logger.warn({ err: describeError(err) }, 'scanner input ended'));
+      const claimBroker = config.provisioning.claimBroker;
+      if (claimBroker !== undefined && root !== undefined && !staticIdentity && identity === undefined) {
+        void watchClaim(claimBroker).catch((err) => logger.warn({ err: describeError(err) }, 'claim watch stopped'));
+      }
       if (lifecycle.state === 'unprovisioned') {
         logger.info({ event: 'waiting-for-provisioning', scanner: config.hardware.scanner }, 'waiting for provisioning: scan the enrollment QR code');
       }
@@ -422,6 +450,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       stopping = true;
       clearInterval(watchdogTimer);
       clearInterval(renewTimer);
+      clearTimeout(claimTimer);
       await hw.watchdog.stopping().catch(() => undefined);
       // Not awaiting the scan loop: closing the input ends it, and a tty read must never hold up a stop.
       await hw.scanner?.close();

@@ -1,4 +1,6 @@
-import { CODE_ID_PATTERN, ENROLL_ROOT, isDeviceId, TOPIC_ROOT } from '../agent/shared/topics.js';
+import { CLAIM_ROOT, ENROLL_ROOT, isDeviceId, TOPIC_ROOT } from '../agent/shared/topics.js';
+
+export { claimUsername, enrollUsername, parseClaimUsername, parseEnrollUsername } from '../agent/shared/topics.js';
 
 /**
  * Who a broker client is, and what it may touch (DESIGN.md §4, least
@@ -6,31 +8,19 @@ import { CODE_ID_PATTERN, ENROLL_ROOT, isDeviceId, TOPIC_ROOT } from '../agent/s
  * Mosquitto ACL files (mosquitto.ts), so both brokers enforce one policy:
  * - a device: only `ward/v1/<its id>/…`;
  * - an enrollment token account: publish its request, read its response;
+ * - a claim account: read its claim's bundle, nothing else;
  * - the controller: the whole `ward/v1/…` tree.
  * Anything else (`$SYS`, other roots, wildcards reaching across devices) is denied.
  */
 export type Principal =
   | { readonly kind: 'controller' }
   | { readonly kind: 'device'; readonly id: string }
-  | { readonly kind: 'enroll'; readonly codeId: string };
+  | { readonly kind: 'enroll'; readonly codeId: string }
+  | { readonly kind: 'claim'; readonly claimId: string };
 
 /** The controller's certificate CN: ':' can never occur in a device id, so no device can claim it. */
 export const CONTROLLER_IDENTITY = 'ward:controller';
-/** The username prefix of enrollment token accounts ('-', not ':', which Mosquitto's password file cannot hold; '_' keeps it outside the device-id space). */
-export const ENROLL_USER_PREFIX = '_enroll-';
-
-export function enrollUsername(codeId: string): string {
-  if (!CODE_ID_PATTERN.test(codeId)) throw new TypeError(`invalid enrollment code id ${JSON.stringify(codeId)}`);
-  return `${ENROLL_USER_PREFIX}${codeId}`;
-}
-
-export function parseEnrollUsername(username: string | undefined): string | undefined {
-  if (username === undefined || !username.startsWith(ENROLL_USER_PREFIX)) return undefined;
-  const codeId = username.slice(ENROLL_USER_PREFIX.length);
-  return CODE_ID_PATTERN.test(codeId) ? codeId : undefined;
-}
-
-export function principalFromCertificateCn(cn: string | undefined): Exclude<Principal, { kind: 'enroll' }> | undefined {
+export function principalFromCertificateCn(cn: string | undefined): Extract<Principal, { kind: 'controller' | 'device' }> | undefined {
   if (cn === CONTROLLER_IDENTITY) return { kind: 'controller' };
   if (cn !== undefined && isDeviceId(cn)) return { kind: 'device', id: cn };
   return undefined;
@@ -50,6 +40,8 @@ export function canPublish(p: Principal, topic: string): boolean {
       return under(topic, `${TOPIC_ROOT}/${p.id}`);
     case 'enroll':
       return topic === `${ENROLL_ROOT}/${p.codeId}/req`;
+    case 'claim':
+      return false;
   }
 }
 
@@ -65,5 +57,7 @@ export function canSubscribe(p: Principal, filter: string): boolean {
     }
     case 'enroll':
       return unshared === `${ENROLL_ROOT}/${p.codeId}/res`;
+    case 'claim':
+      return unshared === `${CLAIM_ROOT}/${p.claimId}/bundle`;
   }
 }

@@ -20,6 +20,9 @@ export interface ApiBackend {
     createCode(input: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<unknown>;
     listCodes(): Promise<unknown[]>;
     revoke(deviceId: string, reason: string): Promise<DeviceRecord>;
+    registerClaim(text: string): Promise<unknown>;
+    confirmClaim(claimId: string, input: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<unknown>;
+    listClaims(): Promise<unknown[]>;
   };
 }
 
@@ -39,6 +42,7 @@ const createCodeBody = z.strictObject({
     .default(86_400),
 });
 const revokeBody = z.strictObject({ reason: z.string().min(1).max(256) });
+const claimBody = z.strictObject({ text: z.string().min(1).max(256) });
 
 function badRequest(message: string): [number, unknown] {
   return [400, { error: { code: 'WARD_API_BAD_REQUEST', message } }];
@@ -104,6 +108,31 @@ export function createApiServer(backend: ApiBackend): Server {
     },
     {
       method: 'POST',
+      pattern: /^\/api\/claims$/,
+      handler: async (_req, _params, body) => {
+        if (!backend.enrollment) return NO_ENROLLMENT;
+        const input = parseBody(claimBody, body);
+        if (typeof input === 'string') return badRequest(input);
+        return [201, await backend.enrollment.registerClaim(input.text)];
+      },
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/claims$/,
+      handler: async () => (backend.enrollment ? [200, { claims: await backend.enrollment.listClaims() }] : NO_ENROLLMENT),
+    },
+    {
+      method: 'POST',
+      pattern: /^\/api\/claims\/([0-9a-f]{16})\/confirm$/,
+      handler: async (_req, [claimId], body) => {
+        if (!backend.enrollment) return NO_ENROLLMENT;
+        const input = parseBody(createCodeBody, body);
+        if (typeof input === 'string') return badRequest(input);
+        return [200, await backend.enrollment.confirmClaim(claimId as string, input)];
+      },
+    },
+    {
+      method: 'POST',
       pattern: /^\/api\/devices\/([^/]+)\/revoke$/,
       handler: async (_req, [id], body) => {
         if (!backend.enrollment) return NO_ENROLLMENT;
@@ -129,21 +158,25 @@ export function createApiServer(backend: ApiBackend): Server {
       .then((body) => (typeof body === 'string' ? badRequest(body) : route.handler(req, params, body.value)))
       .then(([status, body]) => send(res, status, body))
       .catch((err: unknown) => {
-        const status =
-          err instanceof WardError && err.code === ErrorCodes.RPC_TIMEOUT
-            ? 504
-            : err instanceof WardError && err.code === ErrorCodes.CONTROLLER_DEVICE_UNKNOWN
-              ? 404
-              : err instanceof WardError && err.code === ErrorCodes.ENROLL_REFUSED
-                ? 400
-                : err instanceof WardError && err.retryable
-                  ? 503
-                  : 500;
+        const status = httpStatusFor(err);
         send(res, status, {
           error: err instanceof WardError ? { code: err.code, message: err.message } : { code: 'WARD_API_INTERNAL', message: describeError(err) },
         });
       });
   });
+}
+
+const STATUS_BY_CODE: Readonly<Record<string, number>> = {
+  [ErrorCodes.RPC_TIMEOUT]: 504,
+  [ErrorCodes.CONTROLLER_DEVICE_UNKNOWN]: 404,
+  [ErrorCodes.ENROLL_REFUSED]: 400,
+  [ErrorCodes.BUNDLE_MALFORMED]: 400,
+  [ErrorCodes.ENROLL_ID_TAKEN]: 409,
+};
+
+function httpStatusFor(err: unknown): number {
+  if (!(err instanceof WardError)) return 500;
+  return STATUS_BY_CODE[err.code] ?? (err.retryable ? 503 : 500);
 }
 
 /** Reads a JSON body (bounded); a string result is the reason it was refused. */

@@ -4,7 +4,7 @@ import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import { createWebSocketStream, WebSocketServer } from 'ws';
 import { ErrorCodes, WardError } from '../agent/core/errors.js';
-import { canPublish, canSubscribe, type Principal, parseEnrollUsername, principalFromCertificateCn } from './acl.js';
+import { canPublish, canSubscribe, type Principal, parseClaimUsername, parseEnrollUsername, principalFromCertificateCn } from './acl.js';
 
 /**
  * The embedded MQTT broker (aedes, MQTT 3.1.1), for the one-machine
@@ -26,6 +26,7 @@ export interface BrokerAuth {
   /** Server certificate chain (leaf first, then the fleet CA so a gateway can check its pin), key, and the CA for client certificates. */
   readonly tls: { readonly certPem: string; readonly keyPem: string; readonly caPem: string };
   checkToken(codeId: string, token: string): Promise<boolean>;
+  checkClaim(claimId: string, claimCode: string): Promise<boolean>;
   isDeviceActive(deviceId: string): Promise<boolean>;
   /** Told about each refusal, for audit. */
   onRefused?(event: { what: 'connect' | 'publish' | 'subscribe'; identity: string; topic?: string; reason: string }): void;
@@ -73,6 +74,18 @@ export async function startEmbeddedBroker(options: { host: string; tcpPort: numb
             done(null, true);
           },
           (err: Error) => refuse(`device check failed: ${err.message}`, 5, principal.id),
+        );
+        return;
+      }
+      const claimId = parseClaimUsername(username);
+      if (claimId !== undefined && password !== undefined) {
+        auth.checkClaim(claimId, password.toString('utf8')).then(
+          (ok) => {
+            if (!ok) return refuse(`claim ${claimId} is not confirmed or the claim code is wrong`, 4, username ?? '?');
+            principals.set(client, { kind: 'claim', claimId });
+            done(null, true);
+          },
+          (err: Error) => refuse(`claim check failed: ${err.message}`, 4, username ?? '?'),
         );
         return;
       }
@@ -157,7 +170,16 @@ export async function startEmbeddedBroker(options: { host: string; tcpPort: numb
 
 function describe(p: Principal | undefined): string {
   if (p === undefined) return 'unauthenticated';
-  return p.kind === 'device' ? p.id : p.kind === 'enroll' ? `_enroll-${p.codeId}` : 'ward:controller';
+  switch (p.kind) {
+    case 'device':
+      return p.id;
+    case 'enroll':
+      return `_enroll-${p.codeId}`;
+    case 'claim':
+      return `_claim-${p.claimId}`;
+    case 'controller':
+      return 'ward:controller';
+  }
 }
 
 export function listen(server: Server | HttpServer, host: string, port: number, what: string): Promise<number> {

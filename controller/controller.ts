@@ -131,6 +131,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         auth = {
           tls: { certPem: server.certPem + fleet.ca.certPem, keyPem: server.keyPem, caPem: fleet.ca.certPem },
           checkToken: (codeId, token) => enrollment?.checkToken(codeId, token) ?? Promise.resolve(false),
+          checkClaim: (claimId, code) => enrollment?.checkClaim(claimId, code) ?? Promise.resolve(false),
           isDeviceActive: (id) => enrollment?.isDeviceActive(id) ?? Promise.resolve(false),
           onRefused: (e) =>
             audit.record({
@@ -274,6 +275,15 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
                 return { ...code, expiresAt: new Date(code.exp * 1000).toISOString(), qr: qrInfo(code.text), svg: await renderSvg(code.text) };
               },
               listCodes: () => (enrollment as EnrollmentService).listCodes(),
+              registerClaim: async (text) => {
+                const { claimCodeHash: _c, mosquittoHash: _m, ...view } = await (enrollment as EnrollmentService).registerClaim(text);
+                return view;
+              },
+              confirmClaim: async (claimId, input) => {
+                const { claimCodeHash: _c, mosquittoHash: _m, ...view } = await (enrollment as EnrollmentService).confirmClaim(claimId, input);
+                return view;
+              },
+              listClaims: () => (enrollment as EnrollmentService).listClaims(),
               revoke: async (id, reason) => {
                 const record = await (enrollment as EnrollmentService).revoke(id, reason);
                 const dropped = broker?.disconnect(id) ?? 0;

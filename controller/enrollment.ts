@@ -3,6 +3,7 @@ import type { AuditSink } from '../agent/core/audit.js';
 import type { Clock } from '../agent/core/clock.js';
 import { describeError, ErrorCodes, isWardError, WardError, type WardErrorCode } from '../agent/core/errors.js';
 import { encodeBundle, enrollmentCodeId, tokenHash } from '../agent/shared/bundle.js';
+import { parseClaim } from '../agent/shared/claim.js';
 import { EnvelopeVerifier, encodeEnvelope, MemoryReplayCache, seal, signPayload } from '../agent/shared/envelope.js';
 import { keyIdOf, publicKeyFromRaw, type SigningKey } from '../agent/shared/keys.js';
 import {
@@ -16,11 +17,11 @@ import {
   RENEW_REQUEST_TYPE,
 } from '../agent/shared/messages.js';
 import type { Publish } from '../agent/shared/rpc.js';
-import { enrollTopics } from '../agent/shared/topics.js';
+import { claimTopic, enrollTopics } from '../agent/shared/topics.js';
 import { issueClientCert, verifyCsr } from '../agent/shared/x509.js';
 import { mosquittoPasswordHash } from './mosquitto.js';
 import type { DeviceRegistry } from './registry.js';
-import type { DeviceIdentityRecord, DeviceRecord, DeviceStore, EnrollmentCode } from './store.js';
+import type { ClaimRecord, DeviceIdentityRecord, DeviceRecord, DeviceStore, EnrollmentCode } from './store.js';
 
 /**
  * Enrollment on the controller side (DESIGN.md §3 step 3): prints one-time
@@ -87,7 +88,13 @@ export class EnrollmentService {
     return Math.floor(this.deps.clock.now() / 1000);
   }
 
-  async createCode(options: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<CreatedCode> {
+  async createCode(options: {
+    site: string;
+    line: string;
+    cell: string;
+    ttlSeconds: number;
+    bind?: { kid: string; deviceId: string; claimId: string };
+  }): Promise<CreatedCode> {
     if (!Number.isSafeInteger(options.ttlSeconds) || options.ttlSeconds < 60 || options.ttlSeconds > 30 * 86_400) {
       throw new WardError(ErrorCodes.ENROLL_REFUSED, `ttl must be between 1 minute and 30 days, got ${options.ttlSeconds} s`);
     }
@@ -119,6 +126,7 @@ export class EnrollmentService {
       createdAt: now,
       exp,
       status: 'open',
+      ...(options.bind ? { boundKid: options.bind.kid, boundDeviceId: options.bind.deviceId, claimId: options.bind.claimId } : {}),
     };
     await this.deps.store.putCode(code);
     this.deps.audit.record({
@@ -127,10 +135,87 @@ export class EnrollmentService {
       action: 'enroll-code.create',
       target: code.codeId,
       outcome: 'success',
-      details: { site: code.site, line: code.line, cell: code.cell, exp },
+      details: { site: code.site, line: code.line, cell: code.cell, exp, ...(options.bind ? { boundTo: options.bind.deviceId } : {}) },
     });
     await this.#authChanged();
     return { codeId: code.codeId, text, exp, site: code.site, line: code.line, cell: code.cell };
+  }
+
+  /** An operator scanned a gateway's claim QR: remembered as pending until confirmed. */
+  registerClaim(text: string): Promise<ClaimRecord> {
+    return this.#serial(async () => {
+      let claim: ReturnType<typeof parseClaim>;
+      try {
+        claim = parseClaim(text);
+      } catch (err) {
+        this.deps.audit.record({ category: 'request-error', actor: 'operator', action: 'claim.scan', outcome: 'refused', code: (err as WardError).code });
+        throw err;
+      }
+      const existing = await this.deps.store.getClaim(claim.claimId);
+      if (existing?.status === 'done' || (await this.deps.store.get(claim.deviceId))?.identity !== undefined) {
+        throw new WardError(ErrorCodes.ENROLL_ID_TAKEN, `gateway ${claim.deviceId} is already enrolled; revoke or factory-reset it first`);
+      }
+      const record: ClaimRecord = {
+        claimId: claim.claimId,
+        deviceId: claim.deviceId,
+        kid: claim.kid,
+        claimCodeHash: tokenHash(Buffer.from(claim.claimCode)),
+        mosquittoHash: mosquittoPasswordHash(claim.claimCode),
+        status: 'pending',
+        scannedAt: this.#nowSec(),
+      };
+      await this.deps.store.putClaim(record);
+      this.deps.audit.record({
+        category: 'configuration-change',
+        actor: 'operator',
+        action: 'claim.scan',
+        target: claim.deviceId,
+        outcome: 'success',
+        details: { claimId: claim.claimId, kid: claim.kid },
+      });
+      return record;
+    });
+  }
+
+  /**
+   * The operator confirms a claim for a site/line/cell: an enrollment code bound
+   * to the claimed key is created and its bundle left (retained) where only the
+   * gateway's claim account can read it.
+   */
+  async confirmClaim(claimId: string, options: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<ClaimRecord> {
+    const claim = await this.deps.store.getClaim(claimId);
+    if (claim === undefined || claim.status === 'done') throw new WardError(ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, `no open claim ${claimId}`);
+    const created = await this.createCode({ ...options, bind: { kid: claim.kid, deviceId: claim.deviceId, claimId } });
+    const confirmed: ClaimRecord = { ...claim, status: 'confirmed', confirmedAt: this.#nowSec(), codeId: created.codeId, exp: created.exp };
+    await this.deps.store.putClaim(confirmed);
+    await this.deps.publish(claimTopic(claimId), Buffer.from(created.text), { qos: 1, retain: true });
+    this.deps.audit.record({
+      category: 'configuration-change',
+      actor: 'operator',
+      action: 'claim.confirm',
+      target: claim.deviceId,
+      outcome: 'success',
+      details: { claimId, codeId: created.codeId, site: options.site, line: options.line, cell: options.cell },
+    });
+    await this.#authChanged();
+    return confirmed;
+  }
+
+  async listClaims(): Promise<Omit<ClaimRecord, 'claimCodeHash' | 'mosquittoHash'>[]> {
+    return (await this.deps.store.listClaims()).map(({ claimCodeHash: _c, mosquittoHash: _m, ...rest }) => rest);
+  }
+
+  /** Confirmed, unexpired claims: the broker's claim accounts. */
+  async openClaims(): Promise<ClaimRecord[]> {
+    const now = this.#nowSec();
+    return (await this.deps.store.listClaims()).filter((c) => c.status === 'confirmed' && (c.exp ?? 0) >= now);
+  }
+
+  /** The broker asks: may this client log in as the claim account of `claimId`? */
+  async checkClaim(claimId: string, claimCode: string): Promise<boolean> {
+    const claim = await this.deps.store.getClaim(claimId);
+    if (claim?.status !== 'confirmed' || (claim.exp ?? 0) < this.#nowSec()) return false;
+    return safeEqual(tokenHash(Buffer.from(claimCode)), claim.claimCodeHash);
   }
 
   async listCodes(): Promise<Omit<EnrollmentCode, 'tokenHash' | 'mosquittoHash'>[]> {
@@ -193,6 +278,13 @@ export class EnrollmentService {
     });
   }
 
+  async #closeClaim(claimId: string): Promise<void> {
+    const claim = await this.deps.store.getClaim(claimId);
+    if (claim) await this.deps.store.putClaim({ ...claim, status: 'done' });
+    // An empty retained message deletes the retained bundle ([MQTT-3.3.1-10]).
+    await this.deps.publish(claimTopic(claimId), Buffer.alloc(0), { qos: 1, retain: true }).catch(() => undefined);
+  }
+
   async #authChanged(): Promise<void> {
     await this.deps.onAuthChange?.().catch((err) => this.deps.log.warn({ err: describeError(err) }, 'broker access files not updated'));
   }
@@ -210,6 +302,9 @@ export class EnrollmentService {
           ErrorCodes.ENROLL_WRONG_SITE,
           `code ${codeId} is for ${code.site}/${code.line}/${code.cell}, request names ${request.site}/${request.line}/${request.cell}`,
         );
+      }
+      if (code.boundKid !== undefined && (keyIdOf(request.publicKey) !== code.boundKid || request.sub !== code.boundDeviceId)) {
+        throw new WardError(ErrorCodes.ENROLL_REFUSED, `enrollment code ${codeId} was issued for claimed gateway ${code.boundDeviceId} and its key only`);
       }
       const existing = await this.deps.store.get(request.sub);
       if (existing?.identity?.status === 'revoked') {
@@ -232,6 +327,7 @@ export class EnrollmentService {
         details: { codeId, site: code.site, line: code.line, cell: code.cell, certSerial: issued.serial },
       });
       this.deps.log.info({ deviceId: request.sub, codeId, certSerial: issued.serial }, existing ? 'device re-enrolled' : 'device enrolled');
+      if (code.claimId !== undefined) await this.#closeClaim(code.claimId);
       await this.#authChanged();
     } catch (err) {
       await this.#refuse(enrollTopics.response(codeId), request, err, { action: 'device.enroll', codeId }, raw);

@@ -4,6 +4,7 @@ import type { Clock } from '../agent/core/clock.js';
 import { describeError } from '../agent/core/errors.js';
 import { issueCrl } from '../agent/shared/x509.js';
 import { writeFileAtomic } from '../agent/state/files.js';
+import { claimUsername } from './acl.js';
 import { enrollUsername, renderEnrollAcl, renderMtlsAcl, renderPasswordFile } from './mosquitto.js';
 import type { DeviceStore } from './store.js';
 
@@ -37,13 +38,26 @@ export async function syncMosquitto(options: {
     d.identity?.status === 'revoked' ? d.identity.serials.map((serial) => ({ serial, revokedAt: new Date((d.identity?.revokedAt ?? nowSec) * 1000) })) : [],
   );
   const codes = (await options.store.listCodes()).filter((c) => c.status === 'open' && c.exp >= nowSec && c.mosquittoHash !== undefined);
+  const claims = (await options.store.listClaims()).filter((c) => c.status === 'confirmed' && (c.exp ?? 0) >= nowSec && c.mosquittoHash !== undefined);
   const now = new Date(options.clock.now());
   // A CRL past its nextUpdate makes OpenSSL refuse every client: give it a long horizon and re-sign on each change.
   const crl = await issueCrl(options.ca, { revoked, thisUpdate: now, nextUpdate: new Date(now.getTime() + 30 * 86_400_000) });
   const write = (name: string, text: string) => writeFileAtomic(join(options.dir, name), text, 0o644);
   await write(MOSQUITTO_FILES.mtlsAcl, renderMtlsAcl(active));
-  await write(MOSQUITTO_FILES.enrollAcl, renderEnrollAcl(codes.map((c) => c.codeId)));
-  await write(MOSQUITTO_FILES.passwords, renderPasswordFile(codes.map((c) => ({ username: enrollUsername(c.codeId), hash: c.mosquittoHash as string }))));
+  await write(
+    MOSQUITTO_FILES.enrollAcl,
+    renderEnrollAcl(
+      codes.map((c) => c.codeId),
+      claims.map((c) => c.claimId),
+    ),
+  );
+  await write(
+    MOSQUITTO_FILES.passwords,
+    renderPasswordFile([
+      ...codes.map((c) => ({ username: enrollUsername(c.codeId), hash: c.mosquittoHash as string })),
+      ...claims.map((c) => ({ username: claimUsername(c.claimId), hash: c.mosquittoHash as string })),
+    ]),
+  );
   await write(MOSQUITTO_FILES.crl, crl);
   if (options.pidFile === undefined) return;
   try {

@@ -65,6 +65,25 @@ export interface EnrollmentCode {
   readonly status: 'open' | 'used' | 'withdrawn';
   readonly usedBy?: string;
   readonly usedAt?: number;
+  /** Claim flow: the code may only be used by this device key (kid) and id. */
+  readonly boundKid?: string;
+  readonly boundDeviceId?: string;
+  readonly claimId?: string;
+}
+
+/** A gateway's claim QR scanned by an operator (the reverse flow); confirmed, it gets a bound enrollment code. */
+export interface ClaimRecord {
+  readonly claimId: string;
+  readonly deviceId: string;
+  readonly kid: string;
+  /** Hash of the claim code, the password of the claim's broker account. */
+  readonly claimCodeHash: string;
+  readonly mosquittoHash?: string;
+  readonly status: 'pending' | 'confirmed' | 'done';
+  readonly scannedAt: number;
+  readonly confirmedAt?: number;
+  readonly codeId?: string;
+  readonly exp?: number;
 }
 
 /**
@@ -86,12 +105,25 @@ export interface DeviceStore {
   getCode(codeId: string): Promise<EnrollmentCode | undefined>;
   putCode(code: EnrollmentCode): Promise<void>;
   listCodes(): Promise<EnrollmentCode[]>;
+  getClaim(claimId: string): Promise<ClaimRecord | undefined>;
+  putClaim(claim: ClaimRecord): Promise<void>;
+  listClaims(): Promise<ClaimRecord[]>;
   close(): Promise<void>;
 }
 
 export class MemoryDeviceStore implements DeviceStore {
   readonly #records = new Map<string, DeviceRecord>();
   readonly #codes = new Map<string, EnrollmentCode>();
+  readonly #claims = new Map<string, ClaimRecord>();
+  async getClaim(claimId: string) {
+    return this.#claims.get(claimId);
+  }
+  async putClaim(claim: ClaimRecord) {
+    this.#claims.set(claim.claimId, structuredClone(claim));
+  }
+  async listClaims() {
+    return [...this.#claims.values()].sort((a, b) => a.claimId.localeCompare(b.claimId));
+  }
   async getCode(codeId: string) {
     return this.#codes.get(codeId);
   }
@@ -116,10 +148,24 @@ export class MemoryDeviceStore implements DeviceStore {
 export class LevelDeviceStore implements DeviceStore {
   readonly #db: Level<string, DeviceRecord>;
   readonly #codes: Level<string, EnrollmentCode>;
+  readonly #claims: Level<string, ClaimRecord>;
 
   private constructor(db: Level<string, DeviceRecord>) {
     this.#db = db;
+    // One database, one JSON encoding, disjoint key prefixes: device:, code:, claim:.
     this.#codes = db as unknown as Level<string, EnrollmentCode>;
+    this.#claims = db as unknown as Level<string, ClaimRecord>;
+  }
+  async getClaim(claimId: string) {
+    return (await this.#claims.get(`claim:${claimId}`)) ?? undefined;
+  }
+  async putClaim(claim: ClaimRecord) {
+    await this.#claims.put(`claim:${claim.claimId}`, claim, { sync: true });
+  }
+  async listClaims() {
+    const out: ClaimRecord[] = [];
+    for await (const value of this.#claims.values({ gte: 'claim:', lt: 'claim;' })) out.push(value);
+    return out;
   }
 
   static async open(location: string): Promise<LevelDeviceStore> {

@@ -7,8 +7,9 @@ import { type AgentConfig, agentConfigSchema } from '../config/schema.js';
 import { systemClock } from '../core/clock.js';
 import { ErrorCodes, WardError } from '../core/errors.js';
 import { Lifecycle, type LifecycleEvent, nextState } from '../core/lifecycle.js';
+import { loadOrCreateClaim } from '../identity/claim.js';
 import { DEVICE_KEY_FILE, loadOrCreateSigningKey } from '../identity/keystore.js';
-import { provision } from '../identity/provision.js';
+import { deriveDeviceId, provision } from '../identity/provision.js';
 import { IdentityStore } from '../identity/store.js';
 import { readRootFile } from '../identity/trust.js';
 import { createLogger } from '../log.js';
@@ -207,6 +208,30 @@ export async function identityShow(opts: { config: string }, out: NodeJS.Writabl
   out.write(`${JSON.stringify(view, null, 2)}\n`);
 }
 
+/** The claim QR (reverse flow): device id, key fingerprint and claim code, for an operator to scan into the console. */
+export async function identityQr(opts: { config: string; png?: string; terminal: boolean }, out: NodeJS.WritableStream): Promise<void> {
+  const config = await loadConfigFile(opts.config, agentConfigSchema);
+  const { key } = await loadOrCreateSigningKey(config.stateDir);
+  if (await new IdentityStore(config.stateDir).exists()) {
+    throw new WardError(ErrorCodes.IDENTITY_ALREADY_PROVISIONED, 'this gateway is already enrolled: it has nothing to claim');
+  }
+  const claim = await loadOrCreateClaim(config.stateDir, key, config.provisioning.deviceId ?? deriveDeviceId(key.publicRaw));
+  if (opts.png) await writeFile(opts.png, await renderPng(claim.text, { scale: 8 }), { mode: 0o644 });
+  out.write(
+    [
+      `claim for gateway ${claim.deviceId} (key ${claim.kid})`,
+      `  claim code  ${claim.claimCode}`,
+      ...(opts.png ? [`  PNG         ${opts.png}`] : []),
+      config.provisioning.claimBroker
+        ? `  the agent looks for its enrollment at ${config.provisioning.claimBroker} once an operator confirms the claim`
+        : '  note: provisioning.claimBroker is not set, so the agent will not fetch a confirmed claim by itself',
+      '',
+    ].join('\n'),
+  );
+  if (opts.terminal) out.write(await renderTerminal(claim.text));
+  out.write(`${claim.text}\n`);
+}
+
 /** Factory reset: the device key, the identity and the lifecycle go; the gateway is unprovisioned again. */
 export async function identityReset(opts: { config: string; yes?: boolean }, out: NodeJS.WritableStream): Promise<void> {
   if (!opts.yes) {
@@ -214,6 +239,6 @@ export async function identityReset(opts: { config: string; yes?: boolean }, out
   }
   const config: AgentConfig = await loadConfigFile(opts.config, agentConfigSchema);
   await new IdentityStore(config.stateDir).wipe();
-  for (const file of [DEVICE_KEY_FILE, 'lifecycle.json', 'versions.json']) await rm(join(config.stateDir, file), { force: true });
+  for (const file of [DEVICE_KEY_FILE, 'lifecycle.json', 'versions.json', 'claim.json']) await rm(join(config.stateDir, file), { force: true });
   out.write(`identity wiped from ${config.stateDir}; the gateway is unprovisioned and will create a new device key at next start\n`);
 }

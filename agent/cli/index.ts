@@ -11,7 +11,7 @@ import { createLogger } from '../log.js';
 import { buildAgent } from '../system.js';
 import { WARD_VERSION } from '../version.js';
 import { runDev } from './dev.js';
-import { enrollCode, fleetCertify, fleetInit, fleetShow, identityReset, identityShow, provisionCommand } from './identity.js';
+import { enrollCode, fleetCertify, fleetInit, fleetShow, identityQr, identityReset, identityShow, provisionCommand } from './identity.js';
 import { ExitCode, fatal, runUntilSignal } from './run.js';
 
 /**
@@ -175,6 +175,15 @@ export function buildProgram(): Command {
     .requiredOption('-c, --config <file>', 'agent config file')
     .action(async (opts: { config: string }) => {
       await identityShow(opts, process.stdout);
+    });
+  identity
+    .command('qr')
+    .description("show this gateway's claim QR (device id, key fingerprint, claim code) for an operator to scan into the console")
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('--png <file>', 'also write it as PNG (box label, screen)')
+    .option('--no-terminal', 'do not draw the QR code on the terminal')
+    .action(async (opts: { config: string; png?: string; terminal: boolean }) => {
+      await identityQr(opts, process.stdout);
     });
   identity
     .command('reset')

@@ -83,6 +83,15 @@ export const agentConfigSchema = z
         site: z.string().regex(LABEL).optional(),
         line: z.string().regex(LABEL).optional(),
         timeoutMs: duration.default(30_000),
+        /**
+         * The reverse flow (claim QR, `ward identity qr`): the enrollment listener (host:port) where this
+         * gateway, while unprovisioned, looks for the bundle an operator confirmed for it.
+         */
+        claimBroker: z
+          .string()
+          .regex(/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$/, 'expected host:port')
+          .optional(),
+        claimPollSeconds: z.number().int().min(1).max(3600).default(30),
         /** Renew the client certificate once this fraction of its lifetime has passed. */
         renewAfterFraction: z
           .number()
@@ -92,7 +101,7 @@ export const agentConfigSchema = z
         /** How often to check whether renewal is due. */
         renewCheckSeconds: z.number().int().min(10).max(86_400).default(3600),
       })
-      .default({ timeoutMs: 30_000, renewAfterFraction: 2 / 3, renewCheckSeconds: 3600 }),
+      .default({ timeoutMs: 30_000, renewAfterFraction: 2 / 3, renewCheckSeconds: 3600, claimPollSeconds: 30 }),
     hardware: hardwareSchema.default({ root: '/', board: 'auto', statusLed: 'auto', watchdog: 'auto', scanner: null }),
     state: z
       .strictObject({

@@ -15,7 +15,7 @@ import {
   RENEW_REQUEST_TYPE,
 } from '../shared/messages.js';
 import { MqttSession } from '../shared/mqtt-session.js';
-import { enrollTopics } from '../shared/topics.js';
+import { enrollTopics, enrollUsername } from '../shared/topics.js';
 import { createCsr, generateTlsKey } from '../shared/x509.js';
 import { checkX509, type IdentityStore, type LoadedIdentity, verifyDeviceCert } from './store.js';
 
@@ -239,7 +239,7 @@ export async function enroll(options: EnrollOptions): Promise<IdentityMaterial &
       const material = await exchange({
         url: `mqtts://${host.includes(':') ? `[${host}]` : host}:${port}`,
         clientId: `ward-enroll-${bundle.codeId}`,
-        username: `_enroll-${bundle.codeId}`,
+        username: enrollUsername(bundle.codeId),
         password: bundle.token,
         tls: { ca: caPem },
         requestTopic: enrollTopics.request(bundle.codeId),

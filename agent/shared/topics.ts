@@ -39,6 +39,10 @@ export const enrollTopics = {
   renewResponse: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/renew/res`,
 } as const;
 
+/** Where a confirmed claim's bundle waits (retained) for its gateway. */
+export const CLAIM_ROOT = `${TOPIC_ROOT}/_claim`;
+export const claimTopic = (claimId: string) => `${CLAIM_ROOT}/${assertCodeId(claimId)}/bundle`;
+
 function assertCodeId(codeId: string): string {
   if (!CODE_ID_PATTERN.test(codeId)) throw new TypeError(`invalid enrollment code id ${JSON.stringify(codeId)}`);
   return codeId;
@@ -79,4 +83,32 @@ export function parseDeviceTopic(topic: string): ParsedTopic | undefined {
   const suffix = rest.slice(slash + 1);
   if (!isDeviceId(deviceId) || suffix.length === 0) return undefined;
   return { deviceId, suffix };
+}
+
+/** The username prefix of enrollment token accounts ('-', not ':', which Mosquitto's password file cannot hold; '_' keeps it outside the device-id space). */
+export const ENROLL_USER_PREFIX = '_enroll-';
+
+export function enrollUsername(codeId: string): string {
+  if (!CODE_ID_PATTERN.test(codeId)) throw new TypeError(`invalid enrollment code id ${JSON.stringify(codeId)}`);
+  return `${ENROLL_USER_PREFIX}${codeId}`;
+}
+
+/** The username prefix of claim accounts (a claimed gateway fetching its bundle). */
+export const CLAIM_USER_PREFIX = '_claim-';
+
+export function claimUsername(claimId: string): string {
+  if (!CODE_ID_PATTERN.test(claimId)) throw new TypeError(`invalid claim id ${JSON.stringify(claimId)}`);
+  return `${CLAIM_USER_PREFIX}${claimId}`;
+}
+
+export function parseClaimUsername(username: string | undefined): string | undefined {
+  if (username === undefined || !username.startsWith(CLAIM_USER_PREFIX)) return undefined;
+  const claimId = username.slice(CLAIM_USER_PREFIX.length);
+  return CODE_ID_PATTERN.test(claimId) ? claimId : undefined;
+}
+
+export function parseEnrollUsername(username: string | undefined): string | undefined {
+  if (username === undefined || !username.startsWith(ENROLL_USER_PREFIX)) return undefined;
+  const codeId = username.slice(ENROLL_USER_PREFIX.length);
+  return CODE_ID_PATTERN.test(codeId) ? codeId : undefined;
 }

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, open, readFile, rename, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ErrorCodes, WardError } from '../core/errors.js';
@@ -13,7 +14,8 @@ export async function ensurePrivateDir(dir: string): Promise<void> {
 }
 
 export async function writeFileAtomic(path: string, data: string | Buffer, mode = 0o600): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
+  // Unique per call: two writers of the same file in one process must not share a temp file.
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   const handle = await open(tmp, 'w', mode);
   try {
     await handle.writeFile(data);

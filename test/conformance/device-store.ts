@@ -71,4 +71,41 @@ export function deviceStoreSuite(
     t.is((await again.get('gw-1'))?.stateVersion, 42);
     await again.close();
   });
+
+  test(`${name}: enrollment codes and claims live beside devices without mixing, and persist`, async (t) => {
+    const { store, reopen } = await factory(t);
+    const code = {
+      codeId: '00112233445566aa',
+      tokenHash: 'h',
+      site: 's',
+      line: 'l',
+      cell: 'c',
+      createdAt: 1,
+      exp: 2,
+      status: 'open' as const,
+    };
+    const claim = { claimId: 'aa00112233445566', deviceId: 'gw-9', kid: 'k', claimCodeHash: 'x', status: 'pending' as const, scannedAt: 3 };
+    await store.put(rec('gw-1'));
+    await store.putCode(code);
+    await store.putCode({ ...code, codeId: '00112233445566bb', status: 'used', usedBy: 'gw-1' });
+    await store.putClaim(claim);
+    t.deepEqual(await store.getCode(code.codeId), code);
+    t.is(await store.getCode('ffffffffffffffff'), undefined);
+    t.deepEqual(
+      (await store.listCodes()).map((c) => c.status),
+      ['open', 'used'],
+    );
+    t.deepEqual(await store.listClaims(), [claim]);
+    t.deepEqual(
+      (await store.list()).map((d) => d.id),
+      ['gw-1'],
+      'codes and claims never show up as devices',
+    );
+    await store.close();
+    if (reopen === undefined) return;
+    const again = await reopen();
+    t.is((await again.getCode('00112233445566bb'))?.usedBy, 'gw-1');
+    t.deepEqual(await again.getClaim(claim.claimId), claim);
+    await again.close();
+  });
 }

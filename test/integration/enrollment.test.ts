@@ -4,6 +4,8 @@ import test from 'ava';
 import mqtt from 'mqtt';
 import { PNG } from 'pngjs';
 import { MemoryAuditSink } from '../../agent/core/audit.js';
+import { loadOrCreateClaim } from '../../agent/identity/claim.js';
+import { deriveDeviceId } from '../../agent/identity/provision.js';
 import { base45Decode, base45Encode } from '../../agent/shared/base45.js';
 import { BUNDLE_PREFIX } from '../../agent/shared/bundle.js';
 import { buildAgent } from '../../agent/system.js';
@@ -211,4 +213,49 @@ test('an enrolled device is confined to its own topics, renews its certificate, 
   const device = await apiDevice(controller, deviceId);
   t.false(device?.online);
   t.truthy(controllerAudit.find((e) => e.action === 'device.revoke' && e.target === deviceId));
+});
+
+test('claim flow: the gateway shows its claim QR, an operator scans and confirms it, the gateway enrolls by itself', async (t) => {
+  const fleet = await makeFleet(t);
+  const controllerAudit = new MemoryAuditSink();
+  const controller = await startFleetController(t, fleet, { audit: controllerAudit });
+  const claimBroker = new URL(controller.brokerUrl).host;
+  const gw = await freshAgent(t, fleet, { provisioning: { claimBroker, claimPollSeconds: 1, timeoutMs: 10_000 } });
+  await gw.agent.start();
+  // What `ward identity qr` shows: the same claim for the same key, whoever asks.
+  const claim = await loadOrCreateClaim(gw.stateDir, gw.agent.key, deriveDeviceId(gw.agent.key.publicRaw));
+  t.is((await loadOrCreateClaim(gw.stateDir, gw.agent.key, claim.deviceId)).claimCode, claim.claimCode);
+  const post = (path: string, body: unknown) =>
+    getJson<Record<string, unknown>>(`${controller.apiUrl}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+
+  t.is((await post('/api/claims', { text: 'WARDC1:GARBAGE' })).status, 400, 'a malformed claim is refused');
+  const scanned = await post('/api/claims', { text: claim.text });
+  t.is(scanned.status, 201);
+  t.deepEqual([scanned.body.deviceId, scanned.body.status], [claim.deviceId, 'pending']);
+  t.false('claimCodeHash' in scanned.body);
+  // Pending is not enough: the broker does not know the claim account yet, so nothing has happened.
+  t.is(gw.agent.lifecycle.state, 'unprovisioned');
+
+  const confirmed = await post(`/api/claims/${claim.claimId}/confirm`, { site: 'lyon', line: 'l3', cell: 'c7', ttlSeconds: 600 });
+  t.is(confirmed.status, 200);
+  const online = await waitFor('claimed gateway online', async () => {
+    const d = await apiDevice(controller, claim.deviceId);
+    return d?.online ? d : undefined;
+  });
+  t.is(online.lifecycle, 'attesting');
+  t.is(gw.agent.deviceId, claim.deviceId);
+  const record = await controller.registry.get(claim.deviceId);
+  t.is(record?.identity?.cell, 'c7');
+  const claims = await getJson<{ claims: { status: string }[] }>(`${controller.apiUrl}/api/claims`);
+  t.deepEqual(
+    claims.body.claims.map((c) => c.status),
+    ['done'],
+  );
+  t.truthy(controllerAudit.find((e) => e.action === 'claim.confirm'));
+  // A wrong claim code never logs in.
+  t.false(await controller.enrollment?.checkClaim(claim.claimId, 'AAAAA-AAAAA'));
 });

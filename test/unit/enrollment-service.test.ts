@@ -4,6 +4,7 @@ import { ManualClock } from '../../agent/core/clock.js';
 import { loadOrCreateSigningKey } from '../../agent/identity/keystore.js';
 import { readRootFile } from '../../agent/identity/trust.js';
 import { verifyBundle } from '../../agent/shared/bundle.js';
+import { claimIdOf, encodeClaim, newClaimCode, parseClaim } from '../../agent/shared/claim.js';
 import { type Envelope, encodeEnvelope, seal } from '../../agent/shared/envelope.js';
 import { generateSigningKey, type SigningKey } from '../../agent/shared/keys.js';
 import { ENROLL_REQUEST_TYPE } from '../../agent/shared/messages.js';
@@ -30,6 +31,7 @@ async function setup(t: ExecutionContext) {
   const registry = await DeviceRegistry.open({ store, clock, devices: [], log });
   const audit = new MemoryAuditSink();
   const published: { topic: string; envelope: Envelope }[] = [];
+  const publishedRaw: { topic: string; payload: Buffer }[] = [];
   const service = new EnrollmentService({
     key,
     fleet,
@@ -38,14 +40,16 @@ async function setup(t: ExecutionContext) {
     clock,
     audit,
     publish: async (topic, payload) => {
-      published.push({ topic, envelope: JSON.parse(payload.toString()) as Envelope });
+      publishedRaw.push({ topic, payload });
+      // Enrollment answers are envelopes; a claim bundle is QR text (or empty, to clear it).
+      if (!topic.includes('/_claim/')) published.push({ topic, envelope: JSON.parse(payload.toString()) as Envelope });
     },
     enrollBrokers: ['127.0.0.1:8884'],
     deviceBrokers: ['mqtts://127.0.0.1:8883'],
     certValidityDays: 30,
     log,
   });
-  return { service, store, audit, published, clock, root };
+  return { service, store, audit, published, publishedRaw, clock, root };
 }
 
 async function request(
@@ -170,4 +174,43 @@ test('codes: ttl bounds and labels are checked, listing never shows token hashes
   const listed = await ctx.service.listCodes();
   t.is(listed.length, 1);
   t.false(JSON.stringify(listed).includes('Hash'));
+});
+
+test('claim flow: a confirmed claim yields a code bound to the claimed key and id; anyone else is refused', async (t) => {
+  const ctx = await setup(t);
+  const device = generateSigningKey();
+  const claimCode = newClaimCode();
+  const text = encodeClaim({ deviceId: 'gw-claimed', kid: device.kid, claimCode });
+  t.deepEqual(parseClaim(text), { deviceId: 'gw-claimed', kid: device.kid, claimCode, claimId: claimIdOf(device.kid) });
+  for (const bad of ['', 'WARDC1:', 'WARDC1:ZZZ', text.slice(0, -4), text.toLowerCase()]) {
+    t.throws(() => parseClaim(bad), { code: 'WARD_BUNDLE_MALFORMED' }, JSON.stringify(bad));
+  }
+  const claim = await ctx.service.registerClaim(text);
+  t.is(claim.status, 'pending');
+  t.false(await ctx.service.checkClaim(claim.claimId, claimCode), 'no broker account before the operator confirms');
+  await ctx.service.confirmClaim(claim.claimId, { site: 'lyon', line: 'l3', cell: 'c1', ttlSeconds: 600 });
+  t.true(await ctx.service.checkClaim(claim.claimId, claimCode));
+  t.false(await ctx.service.checkClaim(claim.claimId, newClaimCode()));
+  t.truthy(
+    ctx.publishedRaw.find((p) => p.topic === `ward/v1/_claim/${claim.claimId}/bundle`),
+    'the bundle waits on the claim topic',
+  );
+  const codes = await ctx.store.listCodes();
+  const bound = codes[0];
+  if (!bound) throw new Error('no code');
+  t.is(bound.boundKid, device.kid);
+  const code = { codeId: bound.codeId, token: '', site: 'lyon', line: 'l3', cell: 'c1' };
+  // The token is only in the bundle; recover it as the gateway would.
+  const published = ctx.publishedRaw.find((p) => p.topic.endsWith('/bundle'));
+  const verified = verifyBundle(published?.payload.toString() ?? '', { root: ctx.root, nowSec: Math.floor(ctx.clock.now() / 1000) });
+  const withToken = { ...code, token: verified.token };
+  await ctx.service.handleEnrollRequest(bound.codeId, await request(generateSigningKey(), withToken, { sub: 'gw-claimed' }));
+  t.is(lastAnswer(ctx), 'WARD_ENROLL_REFUSED', 'another key cannot use a bound code');
+  await ctx.service.handleEnrollRequest(bound.codeId, await request(device, withToken, { sub: 'gw-other' }));
+  t.is(lastAnswer(ctx), 'WARD_ENROLL_REFUSED', 'nor another device id');
+  t.is((await ctx.store.getCode(bound.codeId))?.status, 'open');
+  await ctx.service.handleEnrollRequest(bound.codeId, await request(device, withToken, { sub: 'gw-claimed' }));
+  t.is(lastAnswer(ctx), 'ok');
+  t.is((await ctx.store.getClaim(claim.claimId))?.status, 'done');
+  t.is(ctx.publishedRaw.at(-1)?.payload.length, 0, 'the retained bundle is cleared');
 });
