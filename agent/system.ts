@@ -289,6 +289,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       clock,
       log: logger.child({ area: 'enrollment' }),
       agentVersion: WARD_VERSION,
+      timeoutMs: config.provisioning.timeoutMs,
       readFile: (p) => readFile(p, 'utf8'),
     });
     const certified = verifyControllerCert(Buffer.from(current.controllerCert, 'base64url'), root, nowSec());
@@ -328,6 +329,14 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       if (current === undefined) return;
       const due = current.certNotBefore + (current.certNotAfter - current.certNotBefore) * renewAfterFraction;
       if (nowSec() < due) return;
+      if (nowSec() > current.certNotAfter) {
+        // Renewal needs a working certificate: past expiry only a new enrollment code helps.
+        logger.error(
+          { certNotAfter: new Date(current.certNotAfter * 1000).toISOString() },
+          'client certificate expired: the broker will refuse this gateway; re-enroll it with a new code (ward provision --reenroll)',
+        );
+        return;
+      }
       // Failure is not fatal: the current certificate keeps working until it truly expires; the next tick retries.
       renewNow().catch((err) =>
         logger.warn(

@@ -96,7 +96,7 @@ test('fleet init → controller → enrollment QR (PNG) → ward provision → a
     'gateway online over mutual TLS',
     async () => {
       if (agent.child.exitCode !== null) throw new Error(`agent exited: ${agent.output()}`);
-      const { body } = await getJson<{ online: boolean; identity?: { status: string; site: string } }>(`${api}/api/devices/${deviceId}`);
+      const { body } = await getJson<{ online: boolean; identity?: { status: string; site: string; certSerial: string } }>(`${api}/api/devices/${deviceId}`);
       return body.online ? body : undefined;
     },
     60_000,
@@ -106,6 +106,15 @@ test('fleet init → controller → enrollment QR (PNG) → ward provision → a
   t.is(online.identity?.site, 'lyon');
   const shown = JSON.parse(await run(t, ['identity', 'show', '-c', agentYaml])) as { deviceId: string; site: string; lifecycle: string };
   t.deepEqual([shown.deviceId, shown.site, shown.lifecycle], [deviceId, 'lyon', 'attesting']);
+
+  // Re-enrollment keeps the id and key and replaces the certificates.
+  const reCode = (await run(t, ['controller', 'enroll-code', '--site', 'lyon', '--line', 'l3', '--cell', 'c12', '--api', api, '--no-terminal']))
+    .trim()
+    .split('\n')
+    .at(-1) as string;
+  t.regex(await run(t, ['provision', '-c', agentYaml, '--reenroll', '--text', reCode]), new RegExp(`enrolled as ${deviceId} `));
+  const afterReenroll = await getJson<{ identity: { certSerial: string } }>(`${api}/api/devices/${deviceId}`);
+  t.not(afterReenroll.body.identity.certSerial, online.identity?.certSerial);
 
   // A USB scanner is a keyboard: the code arrives as one line on stdin.
   const codeText = (await run(t, ['controller', 'enroll-code', '--site', 'lyon', '--line', 'l3', '--cell', 'c13', '--api', api, '--no-terminal']))

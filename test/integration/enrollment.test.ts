@@ -259,3 +259,26 @@ test('claim flow: the gateway shows its claim QR, an operator scans and confirms
   // A wrong claim code never logs in.
   t.false(await controller.enrollment?.checkClaim(claim.claimId, 'AAAAA-AAAAA'));
 });
+
+test('renewal while the controller is away fails without harm; the gateway keeps its certificate and reconnects when it returns', async (t) => {
+  const fleet = await makeFleet(t);
+  const first = await startFleetController(t, fleet);
+  const port = Number(new URL(first.brokerUrl).port);
+  const code = await createCode(first);
+  const gw = await freshAgent(t, fleet, { provisioning: { timeoutMs: 3_000 } });
+  await gw.agent.start();
+  const deviceId = await gw.agent.provision(code.text);
+  await waitFor('online', async () => (await apiDevice(first, deviceId))?.online);
+  const serial = gw.agent.identity?.certSerial;
+
+  await first.close();
+  const failure = await rejectionCode(gw.agent.renewNow());
+  t.truthy(failure, 'renewal cannot succeed without the controller');
+  t.is(gw.agent.identity?.certSerial, serial, 'the current certificate stays');
+  t.is(gw.agent.lifecycle.state, 'attesting', 'and so does the lifecycle');
+
+  const back = await startFleetController(t, fleet, { extra: { broker: { embedded: { host: '127.0.0.1', tcpPort: port, wsPort: null } } } });
+  await waitFor('reconnected with the same certificate', async () => (await apiDevice(back, deviceId))?.online);
+  await gw.agent.renewNow();
+  t.not(gw.agent.identity?.certSerial, serial, 'and renews once the controller is back');
+});
