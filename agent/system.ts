@@ -124,6 +124,12 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     );
   }
   let identity = root ? await identityStore.load({ root, key, nowSec: nowSec() }) : undefined;
+  if (identity?.controllerCertExpired) {
+    logger.warn(
+      { deviceId: identity.deviceId },
+      "the controller's certification by the fleet root has expired; still trusted for this identity until the controller renews it",
+    );
+  }
   if (identity) {
     logger.info(
       {
@@ -253,7 +259,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     if (started && !stopping) await link.start();
   };
 
-  const doProvision = async (input: string | Uint8Array): Promise<string> => {
+  const doProvision = async (input: string | Uint8Array, source: { claimed?: boolean } = {}): Promise<string> => {
     let ctx: ProvisionContext;
     try {
       if (staticIdentity || identity !== undefined) {
@@ -271,7 +277,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       });
       throw err;
     }
-    const { deviceId } = await provision(ctx, input);
+    const { deviceId } = await provision({ ...ctx, claimed: source.claimed === true }, input);
     const loaded = await identityStore.load({ root: ctx.root, key, nowSec: nowSec() });
     if (loaded === undefined) throw new WardError(ErrorCodes.IDENTITY_CORRUPT, 'enrollment finished but no identity was stored');
     await switchIdentity(loaded);
@@ -280,7 +286,15 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     return deviceId;
   };
 
-  const renewNow = async () => {
+  // One renewal at a time: two would each save a generation and delete the other's.
+  let renewing: Promise<void> | undefined;
+  const renewNow = (): Promise<void> => {
+    renewing ??= renewOnce().finally(() => {
+      renewing = undefined;
+    });
+    return renewing;
+  };
+  const renewOnce = async () => {
     const current = identity;
     if (current === undefined || root === undefined) throw new WardError(ErrorCodes.IDENTITY_NOT_PROVISIONED, 'nothing to renew: the gateway is not enrolled');
     const material = await renew({
@@ -292,14 +306,29 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       timeoutMs: config.provisioning.timeoutMs,
       readFile: (p) => readFile(p, 'utf8'),
     });
-    const certified = verifyControllerCert(Buffer.from(current.controllerCert, 'base64url'), root, nowSec());
+    // A renewed controller certification rides along with the answer; taken only if the root vouches for it
+    // and it names the same controller key (a key rotation would need the device certificate re-signed too).
+    let controllerCert = Buffer.from(current.controllerCert, 'base64url');
+    let certified = verifyControllerCert(controllerCert, root, nowSec(), { allowExpired: true });
+    if (material.controllerCert !== undefined) {
+      try {
+        const offered = Buffer.from(material.controllerCert, 'base64url');
+        const next = verifyControllerCert(offered, root, nowSec());
+        if (next.controllerPublicKey === current.controllerPublicKey && next.notAfter > certified.notAfter) {
+          controllerCert = offered;
+          certified = next;
+        }
+      } catch (err) {
+        logger.warn({ err: describeError(err) }, 'the controller offered a certification the fleet root does not vouch for; keeping the current one');
+      }
+    }
     await acceptIdentity({
       material,
       store: identityStore,
       key,
       deviceId: current.deviceId,
       controllerPublicKey: current.controllerPublicKey,
-      controllerCert: Buffer.from(current.controllerCert, 'base64url'),
+      controllerCert,
       caPin: certified.caPin,
       site: current.site,
       line: current.line,
@@ -355,11 +384,12 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     logger.info({ deviceId: claim.deviceId, claimId: claim.claimId, broker }, 'claimable: show the claim QR (ward identity qr) to an operator');
     const poll = async () => {
       claimTimer = undefined;
-      if (stopping || identity !== undefined || provisioning) return;
-      const text = await fetchClaimedBundle({ broker, claim, timeoutMs: 10_000 });
+      if (stopping || identity !== undefined) return;
+      // A scan may be enrolling right now: look again later rather than give up.
+      const text = provisioning ? undefined : await fetchClaimedBundle({ broker, claim, timeoutMs: 10_000 });
       if (text !== undefined && !stopping && identity === undefined && !provisioning) {
         logger.info({ claimId: claim.claimId }, 'a confirmed claim delivered an enrollment code');
-        provisioning = doProvision(text);
+        provisioning = doProvision(text, { claimed: true });
         await provisioning
           .catch((err) => logger.error({ code: (err as { code?: string }).code, err: describeError(err) }, 'the claimed enrollment code was refused'))
           .finally(() => {

@@ -61,3 +61,21 @@ export function canSubscribe(p: Principal, filter: string): boolean {
       return unshared === `${CLAIM_ROOT}/${p.claimId}/bundle`;
   }
 }
+
+/**
+ * The client id each kind of principal must use. A broker drops an existing
+ * session when another connects with the same client id ([MQTT-3.1.4-2]), so
+ * free choice would let any authenticated client knock any other off.
+ */
+export function clientIdAllowed(p: Principal, clientId: string): boolean {
+  switch (p.kind) {
+    case 'controller':
+      return clientId.startsWith('ward-controller-');
+    case 'device':
+      return clientId === `ward-agent-${p.id}` || clientId === `ward-agent-${p.id}-renew`;
+    case 'enroll':
+      return clientId === `ward-enroll-${p.codeId}`;
+    case 'claim':
+      return clientId === `ward-claim-${p.claimId}`;
+  }
+}

@@ -15,6 +15,8 @@ export interface ApiBackend {
   getDevice(id: string): Promise<DeviceRecord | undefined>;
   callDevice(id: string, method: string): Promise<unknown>;
   now(): number;
+  /** Host names (without port) the API answers to; undefined accepts any (a non-loopback listener). */
+  allowedHosts?: readonly string[];
   /** Enrollment exists only once the controller is certified by a fleet root. */
   enrollment?: {
     createCode(input: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<unknown>;
@@ -145,7 +147,25 @@ export function createApiServer(backend: ApiBackend): Server {
   ];
 
   return createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://localhost');
+    // A web page in the operator's browser must not drive this API: a rebound DNS name fails the Host check,
+    // and a cross-site form or no-cors fetch cannot send application/json without a CORS preflight we never grant.
+    const host = hostnameOf(req.headers.host);
+    if (backend.allowedHosts !== undefined && (host === undefined || !backend.allowedHosts.includes(host))) {
+      return send(res, 421, { error: { code: 'WARD_API_WRONG_HOST', message: `this API answers to ${backend.allowedHosts.join(', ')} only` } });
+    }
+    const hasBody = Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
+    if (hasBody && !/^application\/json\b/i.test(req.headers['content-type'] ?? '')) {
+      return send(res, 415, { error: { code: 'WARD_API_JSON_ONLY', message: 'request bodies must be application/json' } });
+    }
+    let url: URL;
+    let params: string[];
+    try {
+      url = new URL(req.url ?? '/', 'http://localhost');
+      params = [];
+      decodeURIComponent(url.pathname);
+    } catch {
+      return send(res, 400, { error: { code: 'WARD_API_BAD_REQUEST', message: 'malformed request path' } });
+    }
     const matching = routes.filter((r) => r.pattern.test(url.pathname));
     if (matching.length === 0) return send(res, 404, { error: { code: 'WARD_API_NOT_FOUND', message: `no route ${url.pathname}` } });
     const route = matching.find((r) => r.method === req.method);
@@ -153,7 +173,7 @@ export function createApiServer(backend: ApiBackend): Server {
       res.setHeader('allow', matching.map((r) => r.method).join(', '));
       return send(res, 405, { error: { code: 'WARD_API_METHOD_NOT_ALLOWED', message: `${req.method} not allowed on ${url.pathname}` } });
     }
-    const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent);
+    params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent);
     readJsonBody(req)
       .then((body) => (typeof body === 'string' ? badRequest(body) : route.handler(req, params, body.value)))
       .then(([status, body]) => send(res, status, body))
@@ -177,6 +197,18 @@ const STATUS_BY_CODE: Readonly<Record<string, number>> = {
 function httpStatusFor(err: unknown): number {
   if (!(err instanceof WardError)) return 500;
   return STATUS_BY_CODE[err.code] ?? (err.retryable ? 503 : 500);
+}
+
+function hostnameOf(header: string | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  const m = /^(\[[^\]]+\]|[^:]+)(?::\d+)?$/.exec(header.trim().toLowerCase());
+  return m?.[1];
+}
+
+/** The names a loopback listener is reached by; a browser's rebound DNS name is none of them. */
+export function loopbackHosts(bindHost: string): readonly string[] | undefined {
+  const loopback = ['127.0.0.1', 'localhost', '[::1]'];
+  return bindHost === '127.0.0.1' || bindHost === 'localhost' || bindHost === '::1' ? loopback : undefined;
 }
 
 /** Reads a JSON body (bounded); a string result is the reason it was refused. */

@@ -4,7 +4,7 @@ import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import { createWebSocketStream, WebSocketServer } from 'ws';
 import { ErrorCodes, WardError } from '../agent/core/errors.js';
-import { canPublish, canSubscribe, type Principal, parseClaimUsername, parseEnrollUsername, principalFromCertificateCn } from './acl.js';
+import { canPublish, canSubscribe, clientIdAllowed, type Principal, parseClaimUsername, parseEnrollUsername, principalFromCertificateCn } from './acl.js';
 
 /**
  * The embedded MQTT broker (aedes, MQTT 3.1.1), for the one-machine
@@ -41,7 +41,7 @@ export interface EmbeddedBroker {
   close(): Promise<void>;
 }
 
-function authError(message: string, returnCode: 4 | 5): Error & { returnCode: number } {
+function authError(message: string, returnCode: 2 | 4 | 5): Error & { returnCode: number } {
   return Object.assign(new Error(message), { returnCode });
 }
 
@@ -52,7 +52,7 @@ export async function startEmbeddedBroker(options: { host: string; tcpPort: numb
   if (auth) {
     aedes.authenticate = (client, username, password, done) => {
       const socket = client.conn as Partial<TLSSocket>;
-      const refuse = (reason: string, code: 4 | 5, identity: string) => {
+      const refuse = (reason: string, code: 2 | 4 | 5, identity: string) => {
         auth.onRefused?.({ what: 'connect', identity, reason });
         done(authError(reason, code) as never, false);
       };
@@ -63,6 +63,7 @@ export async function startEmbeddedBroker(options: { host: string; tcpPort: numb
         if (!socket.authorized) return refuse(`client certificate not issued by the fleet CA (${socket.authorizationError ?? 'unverified'})`, 5, cn ?? '?');
         const principal = principalFromCertificateCn(cn);
         if (principal === undefined) return refuse(`certificate CN ${JSON.stringify(cn)} names no Ward identity`, 5, cn ?? '?');
+        if (!clientIdAllowed(principal, client.id)) return refuse(`client id ${JSON.stringify(client.id)} does not belong to ${cn}`, 2, cn ?? '?');
         if (principal.kind === 'controller') {
           principals.set(client, principal);
           return done(null, true);
@@ -78,6 +79,8 @@ export async function startEmbeddedBroker(options: { host: string; tcpPort: numb
         return;
       }
       const claimId = parseClaimUsername(username);
+      if (claimId !== undefined && !clientIdAllowed({ kind: 'claim', claimId }, client.id))
+        return refuse(`client id ${JSON.stringify(client.id)} does not belong to ${username}`, 2, username ?? '?');
       if (claimId !== undefined && password !== undefined) {
         auth.checkClaim(claimId, password.toString('utf8')).then(
           (ok) => {
@@ -91,6 +94,8 @@ export async function startEmbeddedBroker(options: { host: string; tcpPort: numb
       }
       const codeId = parseEnrollUsername(username);
       if (codeId === undefined || password === undefined) return refuse('no client certificate and no enrollment token', 4, username ?? 'anonymous');
+      if (!clientIdAllowed({ kind: 'enroll', codeId }, client.id))
+        return refuse(`client id ${JSON.stringify(client.id)} does not belong to ${username}`, 2, username ?? '?');
       auth.checkToken(codeId, password.toString('utf8')).then(
         (ok) => {
           if (!ok) return refuse(`enrollment token for ${codeId} is unknown, used or expired`, 4, username ?? '?');

@@ -16,7 +16,7 @@ import { createCsr, generateTlsKey, issueClientCert, issueServerCert } from '../
 import { ensurePrivateDir } from '../agent/state/files.js';
 import { WARD_VERSION } from '../agent/version.js';
 import { CONTROLLER_IDENTITY } from './acl.js';
-import { createApiServer } from './api.js';
+import { createApiServer, loopbackHosts } from './api.js';
 import { type BrokerAuth, type EmbeddedBroker, listen, startEmbeddedBroker } from './broker.js';
 import type { ControllerConfig } from './config.js';
 import { EnrollmentService } from './enrollment.js';
@@ -232,6 +232,17 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         );
       }
       const mosquitto = config.broker.mosquitto;
+      // One sync at a time, each re-reading the store: an older snapshot must never be written after a newer one
+      // (it could put a revoked device back). A daily run re-signs the CRL (Mosquitto refuses every client once
+      // its nextUpdate passes) and drops expired codes and claims.
+      let syncQueue: Promise<unknown> = Promise.resolve();
+      const sync = mosquitto
+        ? () => {
+            const run = syncQueue.then(() => syncMosquitto({ ...mosquitto, store, ca: fleet.ca, clock, log }));
+            syncQueue = run.catch(() => undefined);
+            return run;
+          }
+        : undefined;
       enrollment = new EnrollmentService({
         key,
         fleet,
@@ -244,9 +255,16 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         deviceBrokers,
         certValidityDays: config.enrollment.certValidityDays,
         log: log.child({ area: 'enrollment' }),
-        ...(mosquitto ? { onAuthChange: () => syncMosquitto({ ...mosquitto, store, ca: fleet.ca, clock, log }) } : {}),
+        ...(sync ? { onAuthChange: sync } : {}),
       });
-      if (mosquitto) await syncMosquitto({ ...mosquitto, store, ca: fleet.ca, clock, log });
+      if (sync) {
+        await sync();
+        const daily = setInterval(() => {
+          sync().catch((err) => log.error({ err: describeError(err) }, 'daily refresh of the broker access files failed'));
+        }, 86_400_000);
+        daily.unref();
+        cleanup.push(async () => clearInterval(daily));
+      }
     }
 
     const startedAt = Date.now();
@@ -266,6 +284,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       listDevices: () => registry.list(),
       getDevice: (id) => registry.get(id),
       now: () => clock.now(),
+      ...(loopbackHosts(config.api.host) ? { allowedHosts: loopbackHosts(config.api.host) as readonly string[] } : {}),
       callDevice: (id, method) => (rpc as RpcClient).call(id, method),
       ...(enrollment
         ? {

@@ -111,10 +111,20 @@ export class EnrollmentService {
         site: options.site,
         line: options.line,
         cell: options.cell,
+        ...(options.bind ? { boundKid: options.bind.kid } : {}),
       });
     } catch (err) {
       // encodeBundle throws TypeError for labels outside the QR-safe set: that is operator input here.
-      throw new WardError(ErrorCodes.ENROLL_REFUSED, `cannot create an enrollment code: ${describeError(err)}`, { cause: err });
+      const refused = new WardError(ErrorCodes.ENROLL_REFUSED, `cannot create an enrollment code: ${describeError(err)}`, { cause: err });
+      this.deps.audit.record({
+        category: 'request-error',
+        actor: 'operator',
+        action: 'enroll-code.create',
+        outcome: 'refused',
+        code: refused.code,
+        details: { message: refused.message },
+      });
+      throw refused;
     }
     const code: EnrollmentCode = {
       codeId: enrollmentCodeId(token),
@@ -153,8 +163,18 @@ export class EnrollmentService {
       }
       const existing = await this.deps.store.getClaim(claim.claimId);
       if (existing?.status === 'done' || (await this.deps.store.get(claim.deviceId))?.identity !== undefined) {
+        this.deps.audit.record({
+          category: 'request-error',
+          actor: 'operator',
+          action: 'claim.scan',
+          target: claim.deviceId,
+          outcome: 'refused',
+          code: ErrorCodes.ENROLL_ID_TAKEN,
+        });
         throw new WardError(ErrorCodes.ENROLL_ID_TAKEN, `gateway ${claim.deviceId} is already enrolled; revoke or factory-reset it first`);
       }
+      // Scanning a confirmed claim again changes nothing: its code and account stay as they are.
+      if (existing?.status === 'confirmed' && existing.claimCodeHash === tokenHash(Buffer.from(claim.claimCode))) return existing;
       const record: ClaimRecord = {
         claimId: claim.claimId,
         deviceId: claim.deviceId,
@@ -182,9 +202,26 @@ export class EnrollmentService {
    * to the claimed key is created and its bundle left (retained) where only the
    * gateway's claim account can read it.
    */
-  async confirmClaim(claimId: string, options: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<ClaimRecord> {
+  confirmClaim(claimId: string, options: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<ClaimRecord> {
+    return this.#serial(() => this.#confirmClaim(claimId, options));
+  }
+
+  async #confirmClaim(claimId: string, options: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<ClaimRecord> {
     const claim = await this.deps.store.getClaim(claimId);
-    if (claim === undefined || claim.status === 'done') throw new WardError(ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, `no open claim ${claimId}`);
+    if (claim === undefined || claim.status === 'done') {
+      this.deps.audit.record({
+        category: 'request-error',
+        actor: 'operator',
+        action: 'claim.confirm',
+        target: claimId,
+        outcome: 'refused',
+        code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN,
+      });
+      throw new WardError(ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, `no open claim ${claimId}`);
+    }
+    // Confirming again (another cell, a lapsed code) withdraws the code of the previous confirmation.
+    const previous = claim.codeId ? await this.deps.store.getCode(claim.codeId) : undefined;
+    if (previous?.status === 'open') await this.deps.store.putCode({ ...previous, status: 'withdrawn' });
     const created = await this.createCode({ ...options, bind: { kid: claim.kid, deviceId: claim.deviceId, claimId } });
     const confirmed: ClaimRecord = { ...claim, status: 'confirmed', confirmedAt: this.#nowSec(), codeId: created.codeId, exp: created.exp };
     await this.deps.store.putClaim(confirmed);
@@ -273,7 +310,16 @@ export class EnrollmentService {
         outcome: 'success',
         details: { reason, serials: record.identity.serials },
       });
-      await this.#authChanged();
+      // Unlike other changes, a revocation the broker has not taken must not look done to the operator.
+      try {
+        await this.deps.onAuthChange?.();
+      } catch (cause) {
+        throw new WardError(
+          ErrorCodes.CONTROLLER_BROKER_SYNC_FAILED,
+          `${deviceId} is revoked in the controller, but the broker's access files were not updated (${describeError(cause)}); they are retried daily and at the next change`,
+          { cause, retryable: true },
+        );
+      }
       return updated;
     });
   }
@@ -291,6 +337,8 @@ export class EnrollmentService {
 
   async #enroll(codeId: string, raw: Buffer): Promise<void> {
     let request: EnrollRequestPayload | undefined;
+    /** Set once the token is burned and the device stored: from then on nothing is a refusal. */
+    let committed: EnrollRequestPayload | undefined;
     try {
       request = this.#verifyRequest(raw, ENROLL_REQUEST_TYPE);
       if (request.codeId !== codeId || request.token === undefined) {
@@ -317,7 +365,7 @@ export class EnrollmentService {
       // The token burns before the answer leaves: a lost answer costs a new code, never a second identity.
       await this.deps.store.putCode({ ...code, status: 'used', usedBy: request.sub, usedAt: this.#nowSec() });
       await this.#storeDevice(request, code, issued, existing);
-      await this.#respond(enrollTopics.response(codeId), request, { ok: true, identity: issued.identity });
+      committed = request;
       this.deps.audit.record({
         category: 'access-control',
         actor: request.sub,
@@ -327,9 +375,18 @@ export class EnrollmentService {
         details: { codeId, site: code.site, line: code.line, cell: code.cell, certSerial: issued.serial },
       });
       this.deps.log.info({ deviceId: request.sub, codeId, certSerial: issued.serial }, existing ? 'device re-enrolled' : 'device enrolled');
-      if (code.claimId !== undefined) await this.#closeClaim(code.claimId);
+      // Past the commit point nothing may be reported as a refusal: the broker must learn the device either way.
       await this.#authChanged();
+      if (code.claimId !== undefined) await this.#closeClaim(code.claimId).catch((err) => this.deps.log.warn({ err: describeError(err) }, 'claim not closed'));
+      const enrolled = request;
+      await this.#respond(enrollTopics.response(codeId), enrolled, { ok: true, identity: issued.identity }).catch((err) =>
+        this.deps.log.warn({ err: describeError(err), deviceId: enrolled.sub }, 'enrollment answer not delivered; the gateway needs a new code'),
+      );
     } catch (err) {
+      if (committed !== undefined) {
+        this.deps.log.warn({ err: describeError(err), deviceId: committed.sub }, 'enrollment stored, but a later step failed');
+        return;
+      }
       await this.#refuse(enrollTopics.response(codeId), request, err, { action: 'device.enroll', codeId }, raw);
     }
   }
@@ -341,7 +398,8 @@ export class EnrollmentService {
       const verified = this.deps.registry.verifier.verify(raw, { typ: RENEW_REQUEST_TYPE, principal: deviceId, subject: deviceId });
       request = decodePayload(enrollRequestPayload, verified.payload);
       const existing = await this.deps.store.get(deviceId);
-      if (existing?.identity?.status !== 'active') throw new WardError(ErrorCodes.ENROLL_DEVICE_REVOKED, `device ${deviceId} is not active`);
+      if (existing?.identity === undefined) throw new WardError(ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, `no enrolled device ${deviceId}`);
+      if (existing.identity.status !== 'active') throw new WardError(ErrorCodes.ENROLL_DEVICE_REVOKED, `device ${deviceId} is revoked`);
       if (request.publicKey !== existing.publicKey) throw new WardError(ErrorCodes.ENROLL_ID_TAKEN, 'renewal names another device key');
       const { identity } = existing;
       const code = { site: identity.site, line: identity.line, cell: identity.cell, codeId: identity.codeId };
@@ -436,6 +494,7 @@ export class EnrollmentService {
         certPem: cert.certPem,
         caPem: this.deps.fleet.ca.certPem,
         brokers: [...this.deps.deviceBrokers],
+        controllerCert: Buffer.from(this.deps.fleet.controllerCert).toString('base64url'),
       },
     };
   }

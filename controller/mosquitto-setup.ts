@@ -1,3 +1,4 @@
+import { chmod, chown, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { ErrorCodes, WardError } from '../agent/core/errors.js';
 import { loadOrCreateSigningKey } from '../agent/identity/keystore.js';
@@ -43,7 +44,6 @@ export async function setupMosquitto(options: {
   const dir = resolve(options.outDir);
   await ensurePrivateDir(dir);
   // Mosquitto drops to its own user before reading these: the folder must be traversable.
-  const { chmod } = await import('node:fs/promises');
   await chmod(dir, 0o755);
   const path = (name: string) => join(dir, name);
   const hosts = [...new Set([...(options.serverHosts ?? []), options.host])];
@@ -56,10 +56,17 @@ export async function setupMosquitto(options: {
     notBefore: new Date(now - 300_000),
     notAfter: new Date(now + 397 * 86_400_000),
   });
-  // The broker's key is readable by the mosquitto user (it is that broker's own secret); the controller's stays 0600.
   await writeFileAtomic(path('ca.pem'), fleet.ca.certPem, 0o644);
   await writeFileAtomic(path('server.pem'), server.certPem + fleet.ca.certPem, 0o644);
-  await writeFileAtomic(path('server-key.pem'), server.keyPem, 0o644);
+  // The broker's own key: readable by the mosquitto group only (Mosquitto reads it after dropping to its user).
+  const gid = await groupId('mosquitto');
+  if (gid !== undefined && process.getuid?.() === 0) {
+    await writeFileAtomic(path('server-key.pem'), server.keyPem, 0o640);
+    await chown(path('server-key.pem'), 0, gid);
+  } else {
+    // Without root or a mosquitto group we cannot narrow it; the caller is told to.
+    await writeFileAtomic(path('server-key.pem'), server.keyPem, 0o600);
+  }
   await writeFileAtomic(path('controller.pem'), client.certPem, 0o644);
   await writeFileAtomic(path('controller-key.pem'), privateKeyPem, 0o600);
   await writeFileAtomic(path(MOSQUITTO_FILES.mtlsAcl), renderMtlsAcl([]), 0o644);
@@ -96,4 +103,11 @@ export async function setupMosquitto(options: {
     mtlsUrl: `mqtts://${hostPart}:${options.mtlsPort}`,
     enrollAddress: `${hostPart}:${options.enrollPort}`,
   };
+}
+
+async function groupId(name: string): Promise<number | undefined> {
+  const groups = await readFile('/etc/group', 'utf8').catch(() => '');
+  const line = groups.split('\n').find((l) => l.startsWith(`${name}:`));
+  const gid = Number(line?.split(':')[2]);
+  return Number.isInteger(gid) ? gid : undefined;
 }

@@ -46,10 +46,11 @@ export async function loadOrCreateClaim(stateDir: string, key: SigningKey, devic
  * Looks once for the bundle an operator confirmed for this claim. The TLS
  * connection is not verified, on purpose: before enrollment the gateway knows
  * no CA, only the fleet root. Nothing here needs the channel's authenticity:
- * the bundle is verified against the root before use, and the enrollment
- * code inside it is bound to this gateway's key, so a bundle seen or swapped
- * by someone in the middle is useless to them. Resolves undefined when there
- * is nothing yet (account not confirmed, or no retained bundle).
+ * the bundle is verified against the root before use and must be bound (in
+ * its signed body) to this gateway's key, so a bundle seen by someone in the
+ * middle is useless to them, and a genuine label of another gateway swapped
+ * in is refused (provision with `claimed`). Resolves undefined when there is
+ * nothing yet (account not confirmed, or no retained bundle).
  */
 export function fetchClaimedBundle(options: { broker: string; claim: Claim; timeoutMs: number }): Promise<string | undefined> {
   return new Promise((resolve) => {

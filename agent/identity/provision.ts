@@ -33,6 +33,8 @@ export interface ProvisionContext {
   /** Keep the current identity's device id and key, and replace its certificates (re-enrollment). */
   readonly reenroll?: boolean;
   readonly identity?: LoadedIdentity | undefined;
+  /** The code came from the claim channel (unauthenticated): it must be bound to this key. */
+  readonly claimed?: boolean;
 }
 
 /** The device id a fresh gateway proposes: stable for its key, readable on a label. */
@@ -78,6 +80,8 @@ export function checkScan(ctx: ProvisionContext, input: Uint8Array | string): Ve
       nowSec: Math.floor(ctx.clock.now() / 1000),
       ...(ctx.expectSite !== undefined ? { expectSite: ctx.expectSite } : {}),
       ...(ctx.expectLine !== undefined ? { expectLine: ctx.expectLine } : {}),
+      deviceKid: ctx.key.kid,
+      ...(ctx.claimed === true ? { requireBound: true } : {}),
     });
   } catch (err) {
     return refuse(ctx, err, { ...details, looksLikeWard: text.trim().startsWith(BUNDLE_PREFIX) });

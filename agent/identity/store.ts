@@ -42,6 +42,8 @@ export interface StoredIdentity {
 
 export interface LoadedIdentity extends StoredIdentity {
   readonly generation: string;
+  /** The controller's certification by the root has lapsed (still trusted for this identity; see verifyControllerCert). */
+  readonly controllerCertExpired: boolean;
   /** Paths the MQTT link reads. */
   readonly files: { readonly ca: string; readonly cert: string; readonly key: string };
   readonly deviceCertPayload: DeviceCertPayload;
@@ -119,7 +121,7 @@ export class IdentityStore {
     }
     const controller = (() => {
       try {
-        return verifyControllerCert(Buffer.from(stored.controllerCert, 'base64url'), options.root, options.nowSec);
+        return verifyControllerCert(Buffer.from(stored.controllerCert, 'base64url'), options.root, options.nowSec, { allowExpired: true });
       } catch (cause) {
         throw corrupt(`identity in ${dir}: the controller certificate no longer verifies against the fleet root`, cause);
       }
@@ -130,6 +132,7 @@ export class IdentityStore {
     return {
       ...stored,
       deviceCert: stored.deviceCert as Envelope,
+      controllerCertExpired: options.nowSec > controller.notAfter,
       generation,
       deviceCertPayload,
       files: { ca: join(dir, FILES.ca), cert: join(dir, FILES.cert), key: join(dir, FILES.key) },

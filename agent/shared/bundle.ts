@@ -22,7 +22,10 @@ import { keyIdOf, publicKeyFromRaw, type SigningKey } from './keys.js';
  *   controller cert = [ body: bstr, sig: bstr(64) ]      signed by a fleet root key
  *     body = [ 0xC1, controllerKey: bstr(32), caPin: bstr(16), notAfter, rootVersion ]
  *   bundle          = [ body: bstr, sig: bstr(64) ]      signed by the controller key
- *     body = [ 0xB1, controllerCert: bstr, token: bstr(16), exp, brokers: [tstr], site, line, cell ]
+ *     body = [ 0xB1, controllerCert: bstr, token: bstr(16), exp, brokers: [tstr], site, line, cell, ?boundKid: bstr(16) ]
+ *
+ * `boundKid` is present on codes made for a claimed gateway: signed, so a
+ * gateway can tell a code meant for its own key from any other genuine label.
  *
  * Times are seconds since the epoch. The verifier checks, in order: shape,
  * the controller certificate against the trusted root, the bundle signature
@@ -56,7 +59,7 @@ export interface VerifiedControllerCert extends ControllerCertBody {
 
 /** Only what bundle verification needs of the root: its version and keys (kid → base64url raw public key). */
 export interface TrustRoot {
-  readonly payload: { readonly version: number; readonly keys: Readonly<Record<string, string>> };
+  readonly payload: { readonly version: number; readonly keys: Readonly<Record<string, string>>; readonly threshold?: number };
 }
 
 export interface BundleContent {
@@ -68,6 +71,8 @@ export interface BundleContent {
   readonly site: string;
   readonly line: string;
   readonly cell: string;
+  /** Claim flow: the device key id (base64url, 16 bytes) the code is bound to. */
+  readonly boundKid?: string;
 }
 
 export interface VerifiedBundle {
@@ -81,6 +86,7 @@ export interface VerifiedBundle {
   readonly site: string;
   readonly line: string;
   readonly cell: string;
+  readonly boundKid: string | undefined;
 }
 
 function fail(code: WardErrorCode, message: string, details: Record<string, unknown> = {}): never {
@@ -138,6 +144,7 @@ export function encodeBundle(controllerKey: SigningKey, content: BundleContent):
     content.site,
     content.line,
     content.cell,
+    ...(content.boundKid !== undefined ? [new Uint8Array(Buffer.from(content.boundKid, 'base64url'))] : []),
   ]);
   return BUNDLE_PREFIX + base45Encode(signedPair(body, controllerKey));
 }
@@ -162,7 +169,20 @@ const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSa
 const isBytes = (v: unknown, n: number): v is Uint8Array => v instanceof Uint8Array && v.length === n;
 const isLabel = (v: unknown): v is string => typeof v === 'string' && LABEL.test(v);
 
-export function verifyControllerCert(bytes: Uint8Array, root: TrustRoot, nowSec: number): VerifiedControllerCert {
+/**
+ * `allowExpired` is for an identity already enrolled: a gateway keeps working
+ * with the controller that enrolled it when that certification lapses (it
+ * logs it, and takes the renewed certification from the controller's next
+ * answer); a fresh bundle is never accepted from an expired certification.
+ */
+export function verifyControllerCert(bytes: Uint8Array, root: TrustRoot, nowSec: number, options: { allowExpired?: boolean } = {}): VerifiedControllerCert {
+  if (root.payload.threshold !== undefined && root.payload.threshold > 1) {
+    // One signature would let a single stolen root key certify a rogue controller under a k-of-n root.
+    fail(
+      ErrorCodes.BUNDLE_UNTRUSTED_CONTROLLER,
+      `fleet root v${root.payload.version} needs ${root.payload.threshold} signatures; multi-signature controller certificates are not supported yet`,
+    );
+  }
   const { body, sig } = splitSigned(bytes, 'controller certificate');
   let rootKid: string | undefined;
   for (const [kid, publicRaw] of Object.entries(root.payload.keys)) {
@@ -189,7 +209,7 @@ export function verifyControllerCert(bytes: Uint8Array, root: TrustRoot, nowSec:
     fail(ErrorCodes.BUNDLE_MALFORMED, 'controller certificate body has the wrong shape');
   }
   const [, key, ca, notAfter, rootVersion] = f as [number, Uint8Array, Uint8Array, number, number];
-  if (nowSec > notAfter) {
+  if (nowSec > notAfter && options.allowExpired !== true) {
     fail(
       ErrorCodes.BUNDLE_UNTRUSTED_CONTROLLER,
       `controller certificate expired at ${iso(notAfter)} (now ${iso(nowSec)}): re-certify the controller with the fleet root, or check the gateway clock`,
@@ -213,6 +233,10 @@ export interface BundleCheck {
   /** Refuse bundles for another site (and line, if given): a gateway imaged for one plant must not join another. */
   readonly expectSite?: string;
   readonly expectLine?: string;
+  /** This gateway's key id: a code bound to another key is refused. */
+  readonly deviceKid?: string;
+  /** Claim path: only a code bound to this key will do (a genuine but unbound label could be swapped in). */
+  readonly requireBound?: boolean;
 }
 
 /** Verifies scanned text completely; the result is safe to act on. */
@@ -227,7 +251,7 @@ export function verifyBundle(text: string, check: BundleCheck): VerifiedBundle {
   const f = decodeCbor(body, 'enrollment bundle body');
   if (
     !Array.isArray(f) ||
-    f.length !== 8 ||
+    (f.length !== 8 && !(f.length === 9 && isBytes(f[8], 16))) ||
     f[0] !== BUNDLE_TAG ||
     !(f[1] instanceof Uint8Array) ||
     !isBytes(f[2], 16) ||
@@ -242,7 +266,17 @@ export function verifyBundle(text: string, check: BundleCheck): VerifiedBundle {
   ) {
     fail(ErrorCodes.BUNDLE_MALFORMED, 'enrollment bundle body has the wrong shape');
   }
-  const [, certBytes, token, exp, brokers, site, line, cell] = f as [number, Uint8Array, Uint8Array, number, string[], string, string, string];
+  const [, certBytes, token, exp, brokers, site, line, cell, bound] = f as [
+    number,
+    Uint8Array,
+    Uint8Array,
+    number,
+    string[],
+    string,
+    string,
+    string,
+    Uint8Array?,
+  ];
   const controller = verifyControllerCert(certBytes, check.root, check.nowSec);
   const controllerKey: KeyObject = publicKeyFromRaw(controller.controllerPublicKey);
   if (!verify(null, body, controllerKey, sig)) {
@@ -255,6 +289,12 @@ export function verifyBundle(text: string, check: BundleCheck): VerifiedBundle {
   }
   if (check.expectSite !== undefined && site !== check.expectSite) {
     fail(ErrorCodes.BUNDLE_WRONG_SITE, `enrollment code is for site ${site}; this gateway belongs to site ${check.expectSite}`, { site });
+  }
+  if (bound !== undefined && check.deviceKid !== undefined && Buffer.from(bound).toString('base64url') !== check.deviceKid) {
+    fail(ErrorCodes.BUNDLE_NOT_FOR_THIS_DEVICE, 'this enrollment code was issued for another claimed gateway');
+  }
+  if (check.requireBound === true && bound === undefined) {
+    fail(ErrorCodes.BUNDLE_NOT_FOR_THIS_DEVICE, 'a claimed gateway only accepts a code bound to its own key');
   }
   if (check.expectLine !== undefined && line !== check.expectLine) {
     fail(ErrorCodes.BUNDLE_WRONG_SITE, `enrollment code is for line ${line}; this gateway belongs to line ${check.expectLine}`, { line });
@@ -269,6 +309,7 @@ export function verifyBundle(text: string, check: BundleCheck): VerifiedBundle {
     site,
     line,
     cell,
+    boundKid: bound ? Buffer.from(bound).toString('base64url') : undefined,
   };
 }
 

@@ -135,6 +135,12 @@ export const enrollResponsePayload = z.strictObject({
         .array(z.string().regex(/^mqtts:\/\/\S+$/))
         .min(1)
         .max(4),
+      /** The controller's current root certification (base64url CBOR), so gateways follow its renewal. */
+      controllerCert: z
+        .string()
+        .regex(/^[A-Za-z0-9_-]+$/)
+        .max(1024)
+        .optional(),
     })
     .optional(),
 });

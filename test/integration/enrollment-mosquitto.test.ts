@@ -1,4 +1,4 @@
-import { chmod, readFile, writeFile } from 'node:fs/promises';
+import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'ava';
 import mqtt from 'mqtt';
@@ -21,6 +21,7 @@ test('enrollment and revocation through an external Mosquitto with the generated
   const dir = join(base, 'broker');
   const [mtlsPort, enrollPort] = [await freePort(), await freePort()];
   const setup = await setupMosquitto({ stateDir: fleet.controllerStateDir, outDir: dir, host: '127.0.0.1', mtlsPort, enrollPort });
+  t.is((await stat(join(dir, 'server-key.pem'))).mode & 0o007, 0, "the broker's private key is not world-readable");
   const broker = await startMosquittoWithConfig({ dir, configText: await readFile(setup.confFile, 'utf8'), ports: [mtlsPort, enrollPort] });
   t.teardown(() => broker.stop());
   const pidFile = join(dir, 'mosquitto.pid');

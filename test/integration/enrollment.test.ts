@@ -1,4 +1,5 @@
 import { readFile, stat } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import test from 'ava';
 import mqtt from 'mqtt';
@@ -6,6 +7,8 @@ import { PNG } from 'pngjs';
 import { MemoryAuditSink } from '../../agent/core/audit.js';
 import { loadOrCreateClaim } from '../../agent/identity/claim.js';
 import { deriveDeviceId } from '../../agent/identity/provision.js';
+import { IdentityStore } from '../../agent/identity/store.js';
+import { readRootFile } from '../../agent/identity/trust.js';
 import { base45Decode, base45Encode } from '../../agent/shared/base45.js';
 import { BUNDLE_PREFIX } from '../../agent/shared/bundle.js';
 import { buildAgent } from '../../agent/system.js';
@@ -164,7 +167,16 @@ test('an enrolled device is confined to its own topics, renews its certificate, 
     key: await readFile(identity.files.key),
     rejectUnauthorized: true,
   };
-  const rogue = await mqtt.connectAsync(controller.brokerUrl, { ...tls, protocolVersion: 4, clientId: `rogue-${deviceId}`, reconnectPeriod: 0 });
+  // Only the client ids of its own identity are allowed: another id would let a client knock others off.
+  const wrongId = await mqtt.connectAsync(controller.brokerUrl, { ...tls, protocolVersion: 4, clientId: 'ward-controller-x', reconnectPeriod: 0 }).then(
+    async (c) => {
+      await c.endAsync(true);
+      return 'connected';
+    },
+    (err: { code?: number }) => err.code,
+  );
+  t.is(wrongId, 2, 'CONNACK 2: identifier rejected');
+  const rogue = await mqtt.connectAsync(controller.brokerUrl, { ...tls, protocolVersion: 4, clientId: `ward-agent-${deviceId}-renew`, reconnectPeriod: 0 });
   // mqtt.js rejects a SUBSCRIBE with any failed filter and carries the SUBACK on the error.
   const suback = await rogue.subscribeAsync([`ward/v1/${deviceId}/cmd`, 'ward/v1/+/state', 'ward/v1/other-gw/cmd']).then(
     () => undefined,
@@ -199,6 +211,7 @@ test('an enrolled device is confined to its own topics, renews its certificate, 
   await waitFor('online after restart', async () => (await apiDevice(controller, deviceId))?.online);
 
   // Revocation: the live connection is dropped and every reconnection is refused.
+  const auditBefore = controllerAudit.events.length;
   const revoked = await getJson<{ identity: { status: string } }>(`${controller.apiUrl}/api/devices/${deviceId}/revoke`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -207,7 +220,7 @@ test('an enrolled device is confined to its own topics, renews its certificate, 
   t.is(revoked.status, 200);
   t.is(revoked.body.identity.status, 'revoked');
   await waitFor('reconnection refused by the broker', () =>
-    controllerAudit.find((e) => e.action === 'broker.connect' && e.outcome === 'refused' && e.actor === deviceId),
+    controllerAudit.events.slice(auditBefore).find((e) => e.action === 'broker.connect' && e.outcome === 'refused' && e.actor === deviceId),
   );
   t.false(restarted.link?.connected ?? false);
   const device = await apiDevice(controller, deviceId);
@@ -271,6 +284,12 @@ test('renewal while the controller is away fails without harm; the gateway keeps
   await waitFor('online', async () => (await apiDevice(first, deviceId))?.online);
   const serial = gw.agent.identity?.certSerial;
 
+  // A year later the controller's certification by the root has lapsed: the enrolled identity still loads.
+  const root = await readRootFile(fleet.rootFile, Math.floor(Date.now() / 1000));
+  const later = await new IdentityStore(gw.stateDir).load({ root, key: gw.agent.key, nowSec: Math.floor(Date.now() / 1000) + 400 * 86_400 });
+  t.is(later?.deviceId, deviceId);
+  t.true(later?.controllerCertExpired);
+
   await first.close();
   const failure = await rejectionCode(gw.agent.renewNow());
   t.truthy(failure, 'renewal cannot succeed without the controller');
@@ -281,4 +300,33 @@ test('renewal while the controller is away fails without harm; the gateway keeps
   await waitFor('reconnected with the same certificate', async () => (await apiDevice(back, deviceId))?.online);
   await gw.agent.renewNow();
   t.not(gw.agent.identity?.certSerial, serial, 'and renews once the controller is back');
+});
+
+test('the API refuses what a browser page could send: another Host, a non-JSON body, a malformed path', async (t) => {
+  const fleet = await makeFleet(t);
+  const controller = await startFleetController(t, fleet);
+  const { port } = new URL(controller.apiUrl);
+  const raw = (path: string, init: { method?: string; headers?: Record<string, string>; body?: string } = {}) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = httpRequest({ host: '127.0.0.1', port: Number(port), path, method: init.method ?? 'GET', headers: init.headers ?? {} }, (res) => {
+        let body = '';
+        res.on('data', (d) => {
+          body += d;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      req.on('error', reject);
+      req.end(init.body);
+    });
+  t.is((await raw('/api/health', { headers: { host: 'evil.example:80' } })).status, 421, 'DNS rebinding');
+  t.is((await raw('/api/health', { headers: { host: `localhost:${port}` } })).status, 200);
+  const csrf = await raw('/api/enroll-codes', {
+    method: 'POST',
+    headers: { host: `127.0.0.1:${port}`, 'content-type': 'text/plain' },
+    body: JSON.stringify({ site: 'a', line: 'b', cell: 'c' }),
+  });
+  t.is(csrf.status, 415, 'a cross-site text/plain POST');
+  t.is((await raw('/api/devices/%E0', { headers: { host: `127.0.0.1:${port}` } })).status, 400, 'malformed percent-encoding');
+  t.is((await getJson(`${controller.apiUrl}/api/health`)).status, 200, 'and the controller is still up');
+  t.deepEqual((await getJson<{ codes: unknown[] }>(`${controller.apiUrl}/api/enroll-codes`)).body.codes, [], 'no code was created');
 });

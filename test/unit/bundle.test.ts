@@ -200,3 +200,38 @@ test('a controller certificate names its key, CA pin and root version', (t) => {
     instanceOf: TypeError,
   });
 });
+
+test('an enrolled identity may outlive its controller certification; a bundle may not; k-of-n roots are refused', (t) => {
+  const expired = certFor(controller, root, NOW - 10);
+  t.is(
+    codeOf(() => verifyControllerCert(expired, trust, NOW)),
+    'WARD_BUNDLE_UNTRUSTED_CONTROLLER',
+  );
+  t.is(verifyControllerCert(expired, trust, NOW, { allowExpired: true }).controllerKid, controller.kid);
+  const rogue = generateSigningKey();
+  t.is(
+    codeOf(() => verifyControllerCert(certFor(controller, rogue), trust, NOW, { allowExpired: true })),
+    'WARD_BUNDLE_UNTRUSTED_CONTROLLER',
+    'never a foreign signature',
+  );
+  const twoOfTwo: TrustRoot = { payload: { version: 1, threshold: 2, keys: { [root.kid]: root.publicRaw, [rogue.kid]: rogue.publicRaw } } };
+  t.is(
+    codeOf(() => verifyControllerCert(certFor(controller), twoOfTwo, NOW)),
+    'WARD_BUNDLE_UNTRUSTED_CONTROLLER',
+  );
+});
+
+test('a code bound to a claimed key is refused by any other gateway; the claim path accepts bound codes only', (t) => {
+  const device = generateSigningKey();
+  const bound = bundle({ boundKid: device.kid });
+  t.is(verifyBundle(bound, { root: trust, nowSec: NOW, deviceKid: device.kid, requireBound: true }).boundKid, device.kid);
+  t.is(
+    codeOf(() => verifyBundle(bound, { root: trust, nowSec: NOW, deviceKid: generateSigningKey().kid })),
+    'WARD_BUNDLE_NOT_FOR_THIS_DEVICE',
+  );
+  t.is(
+    codeOf(() => verifyBundle(bundle(), { root: trust, nowSec: NOW, deviceKid: device.kid, requireBound: true })),
+    'WARD_BUNDLE_NOT_FOR_THIS_DEVICE',
+  );
+  t.is(verifyBundle(bundle(), { root: trust, nowSec: NOW, deviceKid: device.kid }).boundKid, undefined, 'an ordinary label is for anyone');
+});
