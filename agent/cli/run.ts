@@ -29,6 +29,14 @@ export function exitCodeFor(err: unknown): number {
         ErrorCodes.KEY_INSECURE_PERMISSIONS,
         ErrorCodes.KEY_INVALID,
         ErrorCodes.STATE_CORRUPT,
+        // Trust anchor and identity problems: restarting cannot fix them; an operator must (new image, reset).
+        ErrorCodes.FLEET_NOT_INITIALISED,
+        ErrorCodes.FLEET_ROOT_INVALID,
+        ErrorCodes.FLEET_ROOT_EXPIRED,
+        ErrorCodes.FLEET_ROOT_THRESHOLD,
+        ErrorCodes.FLEET_CONTROLLER_CERT_INVALID,
+        ErrorCodes.IDENTITY_CORRUPT,
+        ErrorCodes.IDENTITY_CERT_MISMATCH,
       ] as string[]
     ).includes(err.code)
   ) {

@@ -1,6 +1,8 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'ava';
+import { createRoot } from '../../agent/shared/fleet-root.js';
+import { generateSigningKey } from '../../agent/shared/keys.js';
 import { freePort, waitFor } from '../helpers/net.js';
 import { getJson, spawnWard } from '../helpers/stack.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -94,4 +96,20 @@ test('ward dev says which port is taken instead of crashing obscurely', async (t
   const p = spawnWard(t, ['dev', '--dir', dir, '--mqtt-port', String(taken), '--ws-port', '0', '--api-port', '0', '--log-level', 'silent']);
   t.is(await p.exited, 1);
   t.regex(p.output(), new RegExp(`WARD_CONTROLLER_LISTEN_FAILED: MQTT \\(TLS\\) port 127.0.0.1:${taken} is already in use`));
+});
+
+test('an agent whose fleet root is missing or tampered exits 78 (restarting cannot help) with the reason', async (t) => {
+  const dir = await tempDir(t);
+  const rootFile = join(dir, 'root.json');
+  const file = join(dir, 'agent.yaml');
+  await writeFile(file, `stateDir: ${join(dir, 'state')}\ntrust: { rootFile: ${rootFile} }\nhardware: { statusLed: none, watchdog: none }\n`);
+  const missing = spawnWard(t, ['agent', 'run', '-c', file]);
+  t.is(await missing.exited, 78);
+  t.regex(missing.output(), /WARD_FLEET_NOT_INITIALISED/);
+  const key = generateSigningKey();
+  const root = createRoot({ keys: [key], validDays: 10 });
+  await writeFile(rootFile, JSON.stringify({ ...root, payload: { ...root.payload, threshold: 1, name: 'tampered' } }));
+  const tampered = spawnWard(t, ['agent', 'run', '-c', file]);
+  t.is(await tampered.exited, 78);
+  t.regex(tampered.output(), /WARD_FLEET_ROOT_THRESHOLD|WARD_FLEET_ROOT_INVALID/);
 });
