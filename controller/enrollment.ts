@@ -242,12 +242,6 @@ export class EnrollmentService {
     return (await this.deps.store.listClaims()).map(({ claimCodeHash: _c, mosquittoHash: _m, ...rest }) => rest);
   }
 
-  /** Confirmed, unexpired claims: the broker's claim accounts. */
-  async openClaims(): Promise<ClaimRecord[]> {
-    const now = this.#nowSec();
-    return (await this.deps.store.listClaims()).filter((c) => c.status === 'confirmed' && (c.exp ?? 0) >= now);
-  }
-
   /** The broker asks: may this client log in as the claim account of `claimId`? */
   async checkClaim(claimId: string, claimCode: string): Promise<boolean> {
     const claim = await this.deps.store.getClaim(claimId);
@@ -257,12 +251,6 @@ export class EnrollmentService {
 
   async listCodes(): Promise<Omit<EnrollmentCode, 'tokenHash' | 'mosquittoHash'>[]> {
     return (await this.deps.store.listCodes()).map(({ tokenHash: _t, mosquittoHash: _m, ...rest }) => rest);
-  }
-
-  /** Open, unexpired codes: what the broker's enrollment accounts are made of. */
-  async openCodes(): Promise<EnrollmentCode[]> {
-    const now = this.#nowSec();
-    return (await this.deps.store.listCodes()).filter((c) => c.status === 'open' && c.exp >= now);
   }
 
   /** The broker asks: may this client log in as the token account of `codeId`? */

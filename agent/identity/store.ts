@@ -1,4 +1,4 @@
-import { createHash, createPublicKey, X509Certificate } from 'node:crypto';
+import { createPublicKey, X509Certificate } from 'node:crypto';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
@@ -205,8 +205,4 @@ export function checkX509(options: { certPem: string; caPem: string; keyPem: str
   const certKey = cert.publicKey.export({ type: 'spki', format: 'der' });
   const ownKey = createPublicKey(options.keyPem).export({ type: 'spki', format: 'der' });
   if (!certKey.equals(ownKey)) throw new WardError(ErrorCodes.IDENTITY_CERT_MISMATCH, 'the client certificate does not certify this gateway TLS key');
-}
-
-export function fingerprintOfSpki(der: Buffer): string {
-  return createHash('sha256').update(der).digest('base64url');
 }
