@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
+import YAML from 'yaml';
 import { validateConfig } from '../../agent/config/load.js';
 import { agentConfigSchema } from '../../agent/config/schema.js';
 import { MemoryAuditSink } from '../../agent/core/audit.js';
@@ -16,7 +18,7 @@ import { controllerConfigSchema } from '../../controller/config.js';
 import { startController } from '../../controller/controller.js';
 import { certifyController, initFleet } from '../../controller/fleet.js';
 import type { BenchResult, Figure } from './lib.js';
-import { median, rate, round, withTimeout } from './lib.js';
+import { median, rate, round, startProcess, stopProcess, wallTime, withTimeout } from './lib.js';
 
 /**
  * Enrollment figures (identity issue):
@@ -28,7 +30,10 @@ import { median, rate, round, withTimeout } from './lib.js';
  *    until the controller holds an authenticated online state from the device over
  *    mutual TLS (key generation, CSR, pinned-CA fetch, token login, issuance,
  *    reconnect), median of RUNS fresh gateways; baseline, in the same run: the same
- *    gateway, already enrolled, from start to online over the same broker.
+ *    gateway, already enrolled, from start to online over the same broker;
+ *  - the CLI path: `ward provision -c … --text …` as its own process (spawn → exit),
+ *    then `ward agent run` (spawn → online), against `ward --version` as the
+ *    process start-up baseline.
  */
 const RUNS = 5;
 const silent = pino({ level: 'silent' });
@@ -148,8 +153,54 @@ export default async function enrollmentBench(): Promise<BenchResult> {
       restartMs.push(performance.now() - t1);
       await again.stop();
     }
+    // The CLI path, as a technician runs it: `ward provision` (its own process), then `ward agent run` to online.
+    const cliRuns = 3;
+    const provisionWall: number[] = [];
+    const agentOnline: number[] = [];
+    const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+    const ward = (...args: string[]) => ({ command: process.execPath, args: [join(repo, 'scripts/ward.mjs'), ...args], cwd: repo });
+    for (let i = 0; i < cliRuns; i++) {
+      progress(`ward provision + ward agent run ${i + 1}/${cliRuns}`);
+      const gwDir = join(dir, `cli-${i}`);
+      await mkdir(gwDir, { recursive: true });
+      const configFile = join(gwDir, 'agent.yaml');
+      await writeFile(
+        configFile,
+        YAML.stringify({
+          stateDir: join(gwDir, 'state'),
+          trust: { rootFile: init.rootFile },
+          hardware: { statusLed: 'none', watchdog: 'none' },
+          log: { level: 'warn' },
+        }),
+      );
+      const code = await enrollment.createCode({ site: 'lyon', line: 'l3', cell: `k${i}`, ttlSeconds: 600 });
+      const t0 = performance.now();
+      const prov = startProcess(ward('provision', '-c', configFile, '--text', code.text));
+      const exit = await withTimeout(prov.exited, 60_000, 'ward provision');
+      if (exit !== 0) throw new Error(`ward provision exited ${exit}: ${prov.output()}`);
+      provisionWall.push(performance.now() - t0);
+      const deviceId = /enrolled as (\S+)/.exec(prov.output())?.[1] as string;
+      const online = whenOnline(deviceId);
+      const t1 = performance.now();
+      const agentProc = startProcess(ward('agent', 'run', '-c', configFile));
+      await withTimeout(online, 60_000, 'agent online');
+      agentOnline.push(performance.now() - t1);
+      await stopProcess(agentProc);
+    }
+    const versionWall = await wallTime(ward('--version'), 3);
     const p = median(provisionMs);
     const r = median(restartMs);
+    figures.push(
+      {
+        key: 'cli.provision_wall_ms',
+        label: `ward provision (process, from source) spawn → exit, median of ${cliRuns}`,
+        value: round(median(provisionWall)),
+        unit: 'ms',
+      },
+      { key: 'cli.agent_online_ms', label: '  then ward agent run spawn → online over mTLS, median', value: round(median(agentOnline)), unit: 'ms' },
+      { key: 'cli.total_ms', label: '  ward provision → online, total', value: round(median(provisionWall) + median(agentOnline)), unit: 'ms' },
+      { key: 'baseline.ward_version_ms', label: 'baseline: ward --version (process start from source), wall', value: round(versionWall), unit: 'ms' },
+    );
     figures.push(
       { key: 'provision.online_ms', label: `provision → online over loopback mTLS, median of ${RUNS}`, value: round(p), unit: 'ms' },
       { key: 'baseline.enrolled_start_online_ms', label: 'baseline: enrolled gateway start → online, median', value: round(r), unit: 'ms' },
