@@ -54,49 +54,64 @@ export async function startMosquitto(options: { tls?: { ca: string; cert: string
     );
   }
   await writeFile(conf, `${lines.join('\n')}\n`);
-  let child: ChildProcess | undefined;
-  let out = '';
-  const launch = async () => {
-    const proc = spawn(bin, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
-    child = proc;
-    proc.stdout?.on('data', (d) => {
-      out += d;
-    });
-    proc.stderr?.on('data', (d) => {
-      out += d;
-    });
-    for (const p of [port, tlsPort].filter((x): x is number => x !== undefined)) {
-      await waitFor(
-        `mosquitto listening on ${p}`,
-        () => (proc.exitCode !== null ? Promise.reject(new Error(`mosquitto exited: ${out}`)) : canConnect(p)),
-        10_000,
-        50,
-      );
-    }
-  };
-  const halt = async () => {
-    const proc = child;
-    child = undefined;
-    if (proc === undefined || proc.exitCode !== null) return;
-    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-    proc.kill('SIGTERM');
-    const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
-    await exited;
-    clearTimeout(timer);
-  };
-  await launch();
+  const broker = mosquittoProcess(
+    bin,
+    conf,
+    [port, tlsPort].filter((x): x is number => x !== undefined),
+  );
+  await broker.launch();
   return {
     port,
     url: `mqtt://127.0.0.1:${port}`,
     tlsUrl: tlsPort ? `mqtts://127.0.0.1:${tlsPort}` : undefined,
-    output: () => out,
+    output: broker.output,
     async restart() {
-      await halt();
-      await launch();
+      await broker.halt();
+      await broker.launch();
     },
     async stop() {
-      await halt();
+      await broker.halt();
       await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** One Mosquitto process for a config file: (re)launch until every port accepts, halt with a SIGKILL fallback. */
+function mosquittoProcess(bin: string, conf: string, ports: readonly number[]) {
+  let child: ChildProcess | undefined;
+  let out = '';
+  return {
+    output: () => out,
+    get child() {
+      return child;
+    },
+    async launch() {
+      const proc = spawn(bin, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+      child = proc;
+      proc.stdout?.on('data', (d) => {
+        out += d;
+      });
+      proc.stderr?.on('data', (d) => {
+        out += d;
+      });
+      for (const p of ports) {
+        await waitFor(
+          `mosquitto listening on ${p}`,
+          () => (proc.exitCode !== null ? Promise.reject(new Error(`mosquitto exited: ${out}`)) : canConnect(p)),
+          10_000,
+          50,
+        );
+      }
+    },
+    async halt() {
+      const proc = child;
+      child = undefined;
+      if (proc === undefined || proc.exitCode !== null) return;
+      const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+      proc.kill('SIGTERM');
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(timer);
     },
   };
 }
@@ -143,61 +158,32 @@ export async function startMosquittoWithConfig(options: { dir: string; configTex
   await chmod(options.dir, 0o755);
   const conf = join(options.dir, 'mosquitto.conf');
   await writeFile(conf, options.configText, { mode: 0o644 });
-  let child: ChildProcess | undefined;
-  let out = '';
-  const launch = async () => {
-    const proc = spawn(bin, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
-    child = proc;
-    proc.stdout?.on('data', (d) => {
-      out += d;
-    });
-    proc.stderr?.on('data', (d) => {
-      out += d;
-    });
-    for (const p of options.ports) {
-      await waitFor(
-        `mosquitto listening on ${p}`,
-        () => (proc.exitCode !== null ? Promise.reject(new Error(`mosquitto exited: ${out}`)) : canConnect(p)),
-        10_000,
-        50,
-      );
-    }
-  };
-  const halt = async () => {
-    const proc = child;
-    child = undefined;
-    if (proc === undefined || proc.exitCode !== null) return;
-    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-    proc.kill('SIGTERM');
-    const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
-    await exited;
-    clearTimeout(timer);
-  };
-  const reloads = () => out.match(/Reloading config/g)?.length ?? 0;
-  await launch();
+  const broker = mosquittoProcess(bin, conf, options.ports);
+  const reloads = () => broker.output().match(/Reloading config/g)?.length ?? 0;
+  await broker.launch();
   return {
     port: first,
     ports: [...options.ports],
     get pid() {
-      return child?.pid;
+      return broker.child?.pid;
     },
     reloads,
     url: `mqtt://127.0.0.1:${first}`,
     tlsUrl: undefined,
-    output: () => out,
+    output: broker.output,
     async reload() {
-      const proc = child;
-      if (proc === undefined || proc.exitCode !== null) throw new Error(`mosquitto is not running: ${out}`);
+      const proc = broker.child;
+      if (proc === undefined || proc.exitCode !== null) throw new Error(`mosquitto is not running: ${broker.output()}`);
       const before = reloads();
       proc.kill('SIGHUP');
       await waitFor('mosquitto to log "Reloading config."', () => reloads() > before, 10_000, 20);
     },
     async restart() {
-      await halt();
-      await launch();
+      await broker.halt();
+      await broker.launch();
     },
     async stop() {
-      await halt();
+      await broker.halt();
     },
   };
 }

@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import test from 'ava';
 import { encode } from 'cbor2';
-import { isWardError } from '../../agent/core/errors.js';
 import { base45Decode, base45Encode } from '../../agent/shared/base45.js';
 import {
   BUNDLE_PREFIX,
@@ -14,6 +13,7 @@ import {
   verifyControllerCert,
 } from '../../agent/shared/bundle.js';
 import { generateSigningKey, type SigningKey } from '../../agent/shared/keys.js';
+import { codeOf } from '../helpers/errors.js';
 
 const NOW = 1_800_000_000;
 const root = generateSigningKey();
@@ -36,15 +36,6 @@ function bundle(overrides: Partial<Parameters<typeof encodeBundle>[1]> = {}, sig
     cell: 'cell-12',
     ...overrides,
   });
-}
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-    return undefined;
-  } catch (err) {
-    return isWardError(err) ? err.code : `not a WardError: ${(err as Error).message}`;
-  }
 }
 
 test('RFC 9285 test vectors, and strict decoding', (t) => {
@@ -92,15 +83,7 @@ test('a bundle round-trips, stays in the QR alphanumeric set, and fits the size 
 
 test('a bundle from a controller the root never certified is refused', (t) => {
   const rogueRoot = generateSigningKey();
-  const text = encodeBundle(controller, {
-    controllerCert: certFor(controller, rogueRoot),
-    token: randomBytes(16),
-    exp: NOW + 3600,
-    brokers: ['10.0.0.1:8884'],
-    site: 's',
-    line: 'l',
-    cell: 'c',
-  });
+  const text = bundle({ controllerCert: certFor(controller, rogueRoot) });
   t.is(
     codeOf(() => verifyBundle(text, { root: trust, nowSec: NOW })),
     'WARD_BUNDLE_UNTRUSTED_CONTROLLER',
@@ -140,15 +123,7 @@ test('expiry: an expired bundle and an expired controller certification are refu
     codeOf(() => verifyBundle(bundle({ exp: NOW - 1 }), { root: trust, nowSec: NOW })),
     'WARD_BUNDLE_EXPIRED',
   );
-  const old = encodeBundle(controller, {
-    controllerCert: certFor(controller, root, NOW - 10),
-    token: randomBytes(16),
-    exp: NOW + 3600,
-    brokers: ['10.0.0.1:8884'],
-    site: 's',
-    line: 'l',
-    cell: 'c',
-  });
+  const old = bundle({ controllerCert: certFor(controller, root, NOW - 10) });
   t.is(
     codeOf(() => verifyBundle(old, { root: trust, nowSec: NOW })),
     'WARD_BUNDLE_UNTRUSTED_CONTROLLER',

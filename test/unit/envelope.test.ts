@@ -5,6 +5,7 @@ import { ManualClock } from '../../agent/core/clock.js';
 import { canonicalBytes } from '../../agent/shared/canonical.js';
 import { type Envelope, EnvelopeVerifier, type Expectation, encodeEnvelope, MemoryReplayCache, seal, signPayload } from '../../agent/shared/envelope.js';
 import { generateSigningKey, type SigningKey, signingKeyFromSeed } from '../../agent/shared/keys.js';
+import { codeOf } from '../helpers/errors.js';
 
 const clock = new ManualClock(Date.UTC(2026, 10, 25, 12));
 const device = generateSigningKey();
@@ -17,15 +18,6 @@ function verifierFor(...keys: [SigningKey, string][]) {
 
 const expectCmd: Expectation = { typ: 'ward.test', principal: 'gw-1', subject: 'gw-1' };
 const body = { typ: 'ward.test', sub: 'gw-1', value: 42 };
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-  return undefined;
-}
 
 test('a sealed message verifies and returns its payload and principal', (t) => {
   const v = verifierFor([device, 'gw-1']);

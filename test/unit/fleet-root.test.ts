@@ -15,6 +15,7 @@ import {
   verifyRootUpdate,
 } from '../../agent/shared/fleet-root.js';
 import { generateSigningKey, signingKeyFromSeed } from '../../agent/shared/keys.js';
+import { codeOf } from '../helpers/errors.js';
 
 const NOW_MS = Date.UTC(2026, 10, 25, 12);
 const now = Math.floor(NOW_MS / 1000);
@@ -40,15 +41,6 @@ function next(from: SignedRoot, keys: (typeof a)[], threshold: number, overrides
     exp: now + 365 * DAY,
     ...overrides,
   };
-}
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-  return undefined;
 }
 
 function errorOf(fn: () => unknown): { code?: string; details?: Record<string, unknown>; message: string } {

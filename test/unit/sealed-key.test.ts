@@ -1,20 +1,12 @@
 import test from 'ava';
 import { generateSigningKey, privateKeyToPem, signingKeyFromPem } from '../../agent/shared/keys.js';
 import { openSealedKey, SEALED_KEY_FORMAT, sealPrivateKey } from '../../agent/shared/sealed-key.js';
+import { codeOf } from '../helpers/errors.js';
 
 const FAST = 2 ** 14;
 const key = generateSigningKey();
 const pem = privateKeyToPem(key);
 const passphrase = 'correct horse battery staple';
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-  return undefined;
-}
 
 function detailsOf(fn: () => unknown): Record<string, unknown> | undefined {
   try {
