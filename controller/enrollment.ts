@@ -253,10 +253,13 @@ export class EnrollmentService {
     return (await this.deps.store.listCodes()).map(({ tokenHash: _t, mosquittoHash: _m, ...rest }) => rest);
   }
 
-  /** The broker asks: may this client log in as the token account of `codeId`? */
+  /**
+   * The broker asks: may this client log in as the token account of `codeId`? A used code's account stays
+   * open until the code expires, so the gateway that used it can fetch a lost answer again (#checkCode).
+   */
   async checkToken(codeId: string, token: string): Promise<boolean> {
     const code = await this.deps.store.getCode(codeId);
-    if (code === undefined || code.status !== 'open' || code.exp < this.#nowSec()) return false;
+    if (code === undefined || (code.status !== 'open' && code.status !== 'used') || code.exp < this.#nowSec()) return false;
     const raw = Buffer.from(token, 'base64url');
     if (raw.length !== 16 || enrollmentCodeId(raw) !== codeId) return false;
     return safeEqual(tokenHash(raw), code.tokenHash);
@@ -332,7 +335,8 @@ export class EnrollmentService {
       if (request.codeId !== codeId || request.token === undefined) {
         throw new WardError(ErrorCodes.ENROLL_TOKEN_UNKNOWN, 'request names another enrollment code than its topic');
       }
-      const code = await this.#checkCode(codeId, request.token);
+      const code = await this.#checkCode(codeId, request.token, request);
+      const redelivery = code.status === 'used';
       if (request.site !== code.site || request.line !== code.line || request.cell !== code.cell) {
         throw new WardError(
           ErrorCodes.ENROLL_WRONG_SITE,
@@ -350,14 +354,15 @@ export class EnrollmentService {
         throw new WardError(ErrorCodes.ENROLL_ID_TAKEN, `device id ${request.sub} belongs to another key`);
       }
       const issued = await this.#issue(request, code);
-      // The token burns before the answer leaves: a lost answer costs a new code, never a second identity.
-      await this.deps.store.putCode({ ...code, status: 'used', usedBy: request.sub, usedAt: this.#nowSec() });
+      // The token burns before the answer leaves: a lost answer can be fetched again by the same gateway (same
+      // key, same label), never used for a second identity.
+      if (!redelivery) await this.deps.store.putCode({ ...code, status: 'used', usedBy: request.sub, usedAt: this.#nowSec() });
       await this.#storeDevice(request, code, issued, existing);
       committed = request;
       this.deps.audit.record({
         category: 'access-control',
         actor: request.sub,
-        action: existing ? 'device.reenroll' : 'device.enroll',
+        action: redelivery ? 'device.enroll.redeliver' : existing ? 'device.reenroll' : 'device.enroll',
         target: request.sub,
         outcome: 'success',
         details: { codeId, site: code.site, line: code.line, cell: code.cell, certSerial: issued.serial },
@@ -435,14 +440,25 @@ export class EnrollmentService {
     return decodePayload(enrollRequestPayload, verified.payload);
   }
 
-  async #checkCode(codeId: string, token: string): Promise<EnrollmentCode> {
+  /**
+   * A used code is good once more for exactly the gateway that used it (same id, same key, still active):
+   * its answer may have been lost on the way, and a technician scanning the same label again should get
+   * certificates, not an error. Anyone else gets WARD_ENROLL_TOKEN_USED.
+   */
+  async #checkCode(codeId: string, token: string, request: EnrollRequestPayload): Promise<EnrollmentCode> {
     const code = await this.deps.store.getCode(codeId);
     const raw = Buffer.from(token, 'base64url');
     if (code === undefined || raw.length !== 16 || !safeEqual(tokenHash(raw), code.tokenHash)) {
       throw new WardError(ErrorCodes.ENROLL_TOKEN_UNKNOWN, `no enrollment code ${codeId} with this token`);
     }
-    if (code.status === 'used')
-      throw new WardError(ErrorCodes.ENROLL_TOKEN_USED, `enrollment code ${codeId} was already used${code.usedBy ? ` by ${code.usedBy}` : ''}`);
+    if (code.status === 'used') {
+      const user = code.usedBy !== undefined ? await this.deps.store.get(code.usedBy) : undefined;
+      const sameGateway = code.usedBy === request.sub && user?.publicKey === request.publicKey && user.identity?.status === 'active';
+      if (!sameGateway || code.exp < this.#nowSec()) {
+        throw new WardError(ErrorCodes.ENROLL_TOKEN_USED, `enrollment code ${codeId} was already used${code.usedBy ? ` by ${code.usedBy}` : ''}`);
+      }
+      return code;
+    }
     if (code.status !== 'open') throw new WardError(ErrorCodes.ENROLL_TOKEN_UNKNOWN, `enrollment code ${codeId} was withdrawn`);
     if (code.exp < this.#nowSec())
       throw new WardError(ErrorCodes.ENROLL_TOKEN_EXPIRED, `enrollment code ${codeId} expired at ${new Date(code.exp * 1000).toISOString()}`);

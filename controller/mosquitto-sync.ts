@@ -37,7 +37,10 @@ export async function syncMosquitto(options: {
   const revoked = devices.flatMap((d) =>
     d.identity?.status === 'revoked' ? d.identity.serials.map((serial) => ({ serial, revokedAt: new Date((d.identity?.revokedAt ?? nowSec) * 1000) })) : [],
   );
-  const codes = (await options.store.listCodes()).filter((c) => c.status === 'open' && c.exp >= nowSec && c.mosquittoHash !== undefined);
+  // Used codes keep their account until they expire: the gateway that used one may fetch a lost answer again.
+  const codes = (await options.store.listCodes()).filter(
+    (c) => (c.status === 'open' || c.status === 'used') && c.exp >= nowSec && c.mosquittoHash !== undefined,
+  );
   const claims = (await options.store.listClaims()).filter((c) => c.status === 'confirmed' && (c.exp ?? 0) >= nowSec && c.mosquittoHash !== undefined);
   const now = new Date(options.clock.now());
   // A CRL past its nextUpdate makes OpenSSL refuse every client: give it a long horizon and re-sign on each change.

@@ -97,16 +97,31 @@ async function assertNothingChanged(t: ExecutionContext, ctx: Awaited<ReturnType
 
 test('a valid request is answered with certificates and burns the code; the same token again is refused as used', async (t) => {
   const ctx = await setup(t);
-  const code = await newCode(ctx);
+  const code = await newCode(ctx, 600);
   const device = generateSigningKey();
   await ctx.service.handleEnrollRequest(code.codeId, await request(device, code));
   t.is(lastAnswer(ctx), 'ok');
   t.is((await ctx.store.getCode(code.codeId))?.status, 'used');
   t.is((await ctx.store.get('gw-test-1'))?.identity?.status, 'active');
-  await ctx.service.handleEnrollRequest(code.codeId, await request(generateSigningKey(), code, { sub: 'gw-test-2' }));
-  t.is(lastAnswer(ctx), 'WARD_ENROLL_TOKEN_USED');
+  for (const [who, key, sub] of [
+    ['another gateway', generateSigningKey(), 'gw-test-2'],
+    ['another key claiming the same id', generateSigningKey(), 'gw-test-1'],
+  ] as const) {
+    await ctx.service.handleEnrollRequest(code.codeId, await request(key, code, { sub }));
+    t.is(lastAnswer(ctx), 'WARD_ENROLL_TOKEN_USED', who);
+  }
   t.is(await ctx.store.get('gw-test-2'), undefined);
-  t.false(await ctx.service.checkToken(code.codeId, code.token), 'the broker no longer accepts the token');
+
+  // The answer was lost on the way: the same gateway scanning the same label again gets certificates again.
+  await ctx.service.handleEnrollRequest(code.codeId, await request(device, code));
+  t.is(lastAnswer(ctx), 'ok');
+  t.is((await ctx.store.get('gw-test-1'))?.identity?.serials.length, 2);
+  t.truthy(ctx.audit.find((e) => e.action === 'device.enroll.redeliver'));
+  t.true(await ctx.service.checkToken(code.codeId, code.token), 'its account stays open until the code expires');
+  ctx.clock.advance(601_000);
+  t.false(await ctx.service.checkToken(code.codeId, code.token), 'and closes then');
+  await ctx.service.handleEnrollRequest(code.codeId, await request(device, code, { clock: ctx.clock }));
+  t.is(lastAnswer(ctx), 'WARD_ENROLL_TOKEN_USED');
 });
 
 test('refusals: wrong site, CSR for another id, wrong token, expired code, forged signature; none changes state', async (t) => {
