@@ -27,7 +27,8 @@ export interface BrokerAuth {
   readonly tls: { readonly certPem: string; readonly keyPem: string; readonly caPem: string };
   checkToken(codeId: string, token: string): Promise<boolean>;
   checkClaim(claimId: string, claimCode: string): Promise<boolean>;
-  isDeviceActive(deviceId: string): Promise<boolean>;
+  /** Is this device active, and `serial` (hex) one of the certificates it may still use? */
+  isDeviceActive(deviceId: string, serial: string): Promise<boolean>;
   /** Told about each refusal, for audit. */
   onRefused?(event: { what: 'connect' | 'publish' | 'subscribe'; identity: string; topic?: string; reason: string }): void;
 }
@@ -68,9 +69,11 @@ export async function startEmbeddedBroker(options: { host: string; tcpPort: numb
           principals.set(client, principal);
           return done(null, true);
         }
-        auth.isDeviceActive(principal.id).then(
+        const serial = typeof cert.serialNumber === 'string' ? cert.serialNumber : '';
+        auth.isDeviceActive(principal.id, serial).then(
           (active) => {
-            if (!active) return refuse(`device ${principal.id} is not enrolled or is revoked`, 5, principal.id);
+            if (!active)
+              return refuse(`device ${principal.id} is not enrolled, is revoked, or presents a superseded certificate (serial ${serial})`, 5, principal.id);
             principals.set(client, principal);
             done(null, true);
           },

@@ -132,7 +132,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
           tls: { certPem: server.certPem + fleet.ca.certPem, keyPem: server.keyPem, caPem: fleet.ca.certPem },
           checkToken: (codeId, token) => enrollment?.checkToken(codeId, token) ?? Promise.resolve(false),
           checkClaim: (claimId, code) => enrollment?.checkClaim(claimId, code) ?? Promise.resolve(false),
-          isDeviceActive: (id) => enrollment?.isDeviceActive(id) ?? Promise.resolve(false),
+          isDeviceActive: (id, serial) => enrollment?.isDeviceActive(id, serial) ?? Promise.resolve(false),
           onRefused: (e) =>
             audit.record({
               category: 'access-control',

@@ -265,10 +265,17 @@ export class EnrollmentService {
     return safeEqual(tokenHash(raw), code.tokenHash);
   }
 
-  /** The broker asks: may the holder of a certificate for `deviceId` connect? */
-  async isDeviceActive(deviceId: string): Promise<boolean> {
+  /**
+   * The broker asks: may the holder of this certificate for `deviceId` connect? The device must be active
+   * and the certificate one of its two newest: after a renewal the previous one stays good until the
+   * gateway has switched (it may not have stored the new one yet), anything older is superseded.
+   * Without a serial (a caller that has none) only the device status is checked.
+   */
+  async isDeviceActive(deviceId: string, serial?: string): Promise<boolean> {
     const record = await this.deps.store.get(deviceId);
-    return record?.identity?.status === 'active';
+    if (record?.identity?.status !== 'active') return false;
+    if (serial === undefined) return true;
+    return currentSerials(record.identity.serials).includes(normalSerial(serial));
   }
 
   handleEnrollRequest(codeId: string, raw: Buffer): Promise<void> {
@@ -571,4 +578,14 @@ function safeEqual(a: string, b: string): boolean {
   const x = Buffer.from(a);
   const y = Buffer.from(b);
   return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/** Hex serials compare without case or leading zeros (OpenSSL and @peculiar/x509 print them differently). */
+export function normalSerial(serial: string): string {
+  return serial.toLowerCase().replace(/^0+/, '');
+}
+
+/** The serials a device may still connect with: its newest two. */
+export function currentSerials(serials: readonly string[]): string[] {
+  return serials.slice(-2).map(normalSerial);
 }

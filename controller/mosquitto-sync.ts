@@ -34,9 +34,13 @@ export async function syncMosquitto(options: {
   const nowSec = Math.floor(options.clock.now() / 1000);
   const devices = await options.store.list();
   const active = devices.filter((d) => d.identity?.status === 'active').map((d) => d.id);
-  const revoked = devices.flatMap((d) =>
-    d.identity?.status === 'revoked' ? d.identity.serials.map((serial) => ({ serial, revokedAt: new Date((d.identity?.revokedAt ?? nowSec) * 1000) })) : [],
-  );
+  // Every serial of a revoked device; for an active one, those older than its newest two (superseded by renewal).
+  const revoked = devices.flatMap((d) => {
+    const identity = d.identity;
+    if (identity === undefined) return [];
+    const serials = identity.status === 'revoked' ? identity.serials : identity.serials.slice(0, -2);
+    return serials.map((serial) => ({ serial, revokedAt: new Date((identity.revokedAt ?? nowSec) * 1000) }));
+  });
   // Used codes keep their account until they expire: the gateway that used one may fetch a lost answer again.
   const codes = (await options.store.listCodes()).filter(
     (c) => (c.status === 'open' || c.status === 'used') && c.exp >= nowSec && c.mosquittoHash !== undefined,

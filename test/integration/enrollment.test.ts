@@ -200,6 +200,18 @@ test('an enrolled device is confined to its own topics, renews its certificate, 
   t.not(renewed?.files.key, identity.files.key, 'a fresh TLS key each renewal');
   await waitFor('online after renewal', async () => (await apiDevice(controller, deviceId))?.online);
   t.deepEqual((await controller.registry.get(deviceId))?.identity?.serials, [before, renewed?.certSerial]);
+  // Two renewals on, the first certificate is superseded: the broker refuses it although it has not expired.
+  await gw.agent.renewNow();
+  const superseded = await mqtt
+    .connectAsync(controller.brokerUrl, { ...tls, protocolVersion: 4, clientId: `ward-agent-${deviceId}-renew`, reconnectPeriod: 0 })
+    .then(
+      async (c) => {
+        await c.endAsync(true);
+        return 'connected';
+      },
+      (err: { code?: number }) => err.code,
+    );
+  t.is(superseded, 5, 'CONNACK 5: not authorised');
 
   // Restart: the identity is read back from disk and verified; the gateway comes online by itself.
   await gw.agent.stop();
