@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises';
 import type { DetectedBoard, HostFs, ScanInput, StatusLed, Watchdog } from '../hardware/api/index.js';
 import { detectBoard } from '../hardware/boards/detect.js';
 import { patternFor } from '../hardware/led/patterns.js';
@@ -16,14 +15,13 @@ import { type Clock, systemClock } from './core/clock.js';
 import { describeError, ErrorCodes, WardError } from './core/errors.js';
 import { Lifecycle, type LifecycleEvent, nextState } from './core/lifecycle.js';
 import { fetchClaimedBundle, loadOrCreateClaim } from './identity/claim.js';
-import { acceptIdentity, renew } from './identity/enroll.js';
 import { loadOrCreateSigningKey } from './identity/keystore.js';
 import { deriveDeviceId, type ProvisionContext, provision } from './identity/provision.js';
+import { renewIdentity } from './identity/renewal.js';
 import { IdentityStore, type LoadedIdentity } from './identity/store.js';
 import { readRootFile } from './identity/trust.js';
 import type { Logger } from './log.js';
 import { PluginHost } from './plugins/host.js';
-import { verifyControllerCert } from './shared/bundle.js';
 import { EnvelopeVerifier, MemoryReplayCache } from './shared/envelope.js';
 import { keyIdOf, publicKeyFromRaw, type SigningKey } from './shared/keys.js';
 import { CONTROLLER_PRINCIPAL, RpcServer } from './shared/rpc.js';
@@ -297,56 +295,17 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   const renewOnce = async () => {
     const current = identity;
     if (current === undefined || root === undefined) throw new WardError(ErrorCodes.IDENTITY_NOT_PROVISIONED, 'nothing to renew: the gateway is not enrolled');
-    const material = await renew({
+    const loaded = await renewIdentity({
       identity: current,
+      root,
       key,
+      store: identityStore,
       clock,
+      audit,
       log: logger.child({ area: 'enrollment' }),
       agentVersion: WARD_VERSION,
       timeoutMs: config.provisioning.timeoutMs,
-      readFile: (p) => readFile(p, 'utf8'),
     });
-    // A renewed controller certification rides along with the answer; taken only if the root vouches for it
-    // and it names the same controller key (a key rotation would need the device certificate re-signed too).
-    let controllerCert = Buffer.from(current.controllerCert, 'base64url');
-    let certified = verifyControllerCert(controllerCert, root, nowSec(), { allowExpired: true });
-    if (material.controllerCert !== undefined) {
-      try {
-        const offered = Buffer.from(material.controllerCert, 'base64url');
-        const next = verifyControllerCert(offered, root, nowSec());
-        if (next.controllerPublicKey === current.controllerPublicKey && next.notAfter > certified.notAfter) {
-          controllerCert = offered;
-          certified = next;
-        }
-      } catch (err) {
-        logger.warn({ err: describeError(err) }, 'the controller offered a certification the fleet root does not vouch for; keeping the current one');
-      }
-    }
-    await acceptIdentity({
-      material,
-      store: identityStore,
-      key,
-      deviceId: current.deviceId,
-      controllerPublicKey: current.controllerPublicKey,
-      controllerCert,
-      caPin: certified.caPin,
-      site: current.site,
-      line: current.line,
-      cell: current.cell,
-      nowSec: nowSec(),
-      enrolledAt: current.enrolledAt,
-    });
-    const loaded = await identityStore.load({ root, key, nowSec: nowSec() });
-    if (loaded === undefined) throw new WardError(ErrorCodes.IDENTITY_CORRUPT, 'renewal finished but no identity was stored');
-    audit.record({
-      category: 'configuration-change',
-      actor: loaded.deviceId,
-      action: 'identity.renew',
-      target: loaded.deviceId,
-      outcome: 'success',
-      details: { certSerial: loaded.certSerial, certNotAfter: loaded.certNotAfter },
-    });
-    logger.info({ certSerial: loaded.certSerial, certNotAfter: new Date(loaded.certNotAfter * 1000).toISOString() }, 'client certificate renewed');
     await switchIdentity(loaded);
   };
 

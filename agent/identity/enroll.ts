@@ -1,4 +1,5 @@
 import { createHash, X509Certificate } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { type PeerCertificate, connect as tlsConnect } from 'node:tls';
 import type { Clock } from '../core/clock.js';
@@ -321,7 +322,6 @@ export async function renew(options: {
   log: ExchangeLog;
   agentVersion: string;
   timeoutMs?: number;
-  readFile: (path: string) => Promise<string>;
 }): Promise<IdentityMaterial & { tlsKeyPem: string }> {
   const { identity, key } = options;
   const { privateKeyPem } = await generateTlsKey();
@@ -334,7 +334,11 @@ export async function renew(options: {
   const material = await exchange({
     url: identity.brokers[0] as string,
     clientId: `ward-agent-${identity.deviceId}-renew`,
-    tls: { ca: await options.readFile(identity.files.ca), cert: await options.readFile(identity.files.cert), key: await options.readFile(identity.files.key) },
+    tls: {
+      ca: await readFile(identity.files.ca, 'utf8'),
+      cert: await readFile(identity.files.cert, 'utf8'),
+      key: await readFile(identity.files.key, 'utf8'),
+    },
     requestTopic: enrollTopics.renewRequest(identity.deviceId),
     responseTopic: enrollTopics.renewResponse(identity.deviceId),
     request: encodeEnvelope(envelope),
