@@ -82,7 +82,21 @@ test('the sysfs status LED of the fixture board follows the lifecycle when picke
   });
   await agent.start();
   const fs = hostFs(root);
-  await waitFor('LED blinking', async () => (await fs.readText('/sys/class/leds/ACT/trigger'))?.trim() === 'timer', 5_000, 10);
-  t.is((await fs.readText('/sys/class/leds/ACT/delay_on'))?.trim(), '1000');
+  // The driver writes the trigger first and the delays after it (the kernel only creates the
+  // delay files once the timer trigger is set), so wait for the whole pattern, not its first write.
+  const blink = async () => ({
+    trigger: (await fs.readText('/sys/class/leds/ACT/trigger'))?.trim(),
+    delayOn: (await fs.readText('/sys/class/leds/ACT/delay_on'))?.trim(),
+  });
+  await waitFor(
+    'LED blinking slowly',
+    async () => {
+      const led = await blink();
+      return led.trigger === 'timer' && led.delayOn === '1000';
+    },
+    5_000,
+    10,
+  );
+  t.deepEqual(await blink(), { trigger: 'timer', delayOn: '1000' });
   await agent.stop();
 });
