@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import type { DetectedBoard, HostFs, ScanInput, StatusLed, Watchdog } from '../hardware/api/index.js';
 import { detectBoard } from '../hardware/boards/detect.js';
 import { patternFor } from '../hardware/led/patterns.js';
@@ -6,11 +7,13 @@ import { StreamScanInput } from '../hardware/qr/tty.js';
 import { hostFs } from '../hardware/sysfs/hostfs.js';
 import { NoWatchdog, SystemdWatchdog } from '../hardware/watchdog/systemd.js';
 import type { AnyPluginDefinition } from '../plugins/api/index.js';
+import { AuditJournal } from './audit/journal.js';
+import { AuditShipper } from './audit/shipper.js';
 import { logAuditSink } from './audit-log.js';
 import { type AgentConfig, type HardwareConfig, mqttSchema } from './config/schema.js';
 import { ControlLink } from './control/link.js';
 import { VersionCounter } from './control/version-counter.js';
-import type { AuditSink } from './core/audit.js';
+import { type AuditSink, teeAudit } from './core/audit.js';
 import { type Clock, systemClock } from './core/clock.js';
 import { describeError, ErrorCodes, WardError } from './core/errors.js';
 import { Lifecycle, type LifecycleEvent, nextState } from './core/lifecycle.js';
@@ -22,9 +25,11 @@ import { IdentityStore, type LoadedIdentity } from './identity/store.js';
 import { readRootFile } from './identity/trust.js';
 import type { Logger } from './log.js';
 import { PluginHost } from './plugins/host.js';
+import { RECEIPT_TYPE, signedReceipt } from './shared/audit/event.js';
 import { EnvelopeVerifier, MemoryReplayCache } from './shared/envelope.js';
 import { keyIdOf, publicKeyFromRaw, type SigningKey } from './shared/keys.js';
 import { CONTROLLER_PRINCIPAL, RpcServer } from './shared/rpc.js';
+import { topics } from './shared/topics.js';
 import { ensurePrivateDir } from './state/files.js';
 import { LifecycleStore } from './state/lifecycle-store.js';
 import { WARD_VERSION } from './version.js';
@@ -48,7 +53,10 @@ export interface AgentDeps {
   readonly plugins: readonly AnyPluginDefinition[];
   readonly clock?: Clock;
   readonly hardware?: HardwareOverrides;
+  /** Also receives every audit event (tests assert on a memory sink); the journal always does. */
   readonly audit?: AuditSink;
+  /** Kernel boot id override (tests). */
+  readonly bootId?: string;
 }
 
 export interface Agent {
@@ -60,6 +68,10 @@ export interface Agent {
   /** Undefined while unprovisioned: there is nobody to talk to yet. */
   readonly link: ControlLink | undefined;
   readonly identity: LoadedIdentity | undefined;
+  /** The signed audit journal; every module's events land here. */
+  readonly journal: AuditJournal;
+  /** Ships the journal while a link exists. */
+  readonly shipper: AuditShipper | undefined;
   /** What a scan does: a bundle text or a camera frame. Resolves once the gateway is enrolled and its link started. */
   provision(input: string | Uint8Array): Promise<string>;
   /** Renews the client certificate now (normally done on a timer). */
@@ -111,7 +123,14 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     'hardware detected',
   );
 
-  const audit = deps.audit ?? logAuditSink(logger.child({ area: 'audit' }));
+  // Nothing records an event before the journal opens below (no transition happens before start()).
+  // The journal is the record; the log line is for whoever reads journalctl at the line.
+  let journal: AuditJournal | undefined;
+  const audit = teeAudit(
+    { record: (event) => (journal ? journal.record(event) : logger.error({ action: event.action }, 'audit event before the journal opened')) },
+    logAuditSink(logger.child({ area: 'audit' })),
+    ...(deps.audit ? [deps.audit] : []),
+  );
   const nowSec = () => Math.floor(clock.now() / 1000);
   const root = config.trust ? await readRootFile(config.trust.rootFile, nowSec()) : undefined;
   const identityStore = new IdentityStore(config.stateDir);
@@ -149,6 +168,14 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   };
   lifecycle.onTransition((t) => {
     logger.info({ from: t.from, to: t.to, event: t.event, reason: t.reason }, 'lifecycle transition');
+    audit.record({
+      category: 'control-system',
+      actor: 'ward-agent',
+      action: 'lifecycle.transition',
+      target: t.to,
+      outcome: 'success',
+      details: { from: t.from, to: t.to, event: t.event, reason: t.reason },
+    });
     showLed(t.to);
   });
 
@@ -160,18 +187,41 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     logger: (name) => logger.child({ plugin: name }),
   });
 
+  const openedJournal = await AuditJournal.open({
+    dir: join(config.stateDir, 'audit'),
+    key,
+    clock,
+    log: logger.child({ area: 'audit' }),
+    agentVersion: WARD_VERSION,
+    maxBytes: config.audit.maxBytes,
+    warnFraction: config.audit.warnFraction,
+    checkpointIntervalMs: config.audit.checkpointIntervalMs,
+    ...(deps.bootId !== undefined ? { bootId: deps.bootId } : {}),
+  });
+  {
+    const s = openedJournal.status();
+    logger.info({ chain: s.chain, seq: s.seq, session: s.session, receipted: s.receipted?.seq ?? 0, repairs: s.repairs }, 'audit journal open');
+  }
+  journal = openedJournal;
+  const shippers = new WeakMap<ControlLink, AuditShipper>();
   const linkFor = (id: LoadedIdentity) =>
     buildLink(
       id.deviceId,
       id.controllerPublicKey,
       mqttSchema.parse({ url: id.brokers[0], tls: { caFile: id.files.ca, certFile: id.files.cert, keyFile: id.files.key, rejectUnauthorized: true } }),
     );
-  let link: ControlLink | undefined =
-    config.deviceId && config.controller && config.mqtt
-      ? await buildLink(config.deviceId, config.controller.publicKey, config.mqtt)
-      : identity
-        ? await linkFor(identity)
-        : undefined;
+  let link: ControlLink | undefined;
+  try {
+    link =
+      config.deviceId && config.controller && config.mqtt
+        ? await buildLink(config.deviceId, config.controller.publicKey, config.mqtt)
+        : identity
+          ? await linkFor(identity)
+          : undefined;
+  } catch (err) {
+    await openedJournal.close();
+    throw err;
+  }
 
   async function buildLink(deviceId: string, controllerPublicKey: string, mqtt: NonNullable<AgentConfig['mqtt']>): Promise<ControlLink> {
     const controllerKid = keyIdOf(controllerPublicKey);
@@ -183,7 +233,25 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     });
     const versions = await VersionCounter.open(config.stateDir, () => clock.now());
     let rpc: RpcServer | undefined;
-    const controlLink = new ControlLink({
+    let controlLink: ControlLink | undefined;
+    const shipper = new AuditShipper({
+      journal: openedJournal,
+      deviceId,
+      publish: (topic, payload, opts) => (controlLink as ControlLink).publish(topic, payload, opts),
+      verifyReceipt: (raw) => {
+        verifier.verify(raw, { typ: RECEIPT_TYPE, principal: CONTROLLER_PRINCIPAL, subject: deviceId });
+        // Authenticated above; parsed again for the exact shape the journal keeps.
+        return signedReceipt.parse(JSON.parse(raw.toString('utf8')));
+      },
+      audit,
+      clock,
+      log: logger.child({ area: 'audit-shipper' }),
+      maxBatchEvents: config.audit.maxBatchEvents,
+      maxBatchBytes: config.audit.maxBatchBytes,
+      receiptTimeoutMs: config.audit.receiptTimeoutMs,
+      catchupBytesPerSecond: config.audit.catchupBytesPerSecond,
+    });
+    controlLink = new ControlLink({
       deviceId,
       config: mqtt,
       key,
@@ -194,21 +262,35 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       snapshot: () => ({ lifecycle: lifecycle.state, plugins: plugins.names }),
       onCommand: (payload) => {
         rpc?.handle(payload).catch((err) => {
-          // Refused commands become audit events once the audit journal exists (audit issue).
-          logger.warn({ code: (err as { code?: string }).code, err: describeError(err) }, 'command refused');
+          const code = (err as { code?: string }).code;
+          logger.warn({ code, err: describeError(err) }, 'command refused');
+          audit.record({
+            category: code === ErrorCodes.ENVELOPE_BAD_SIGNATURE || code === ErrorCodes.ENVELOPE_UNKNOWN_KEY ? 'access-control' : 'request-error',
+            actor: 'unknown',
+            action: 'link.command',
+            target: deviceId,
+            outcome: 'refused',
+            ...(code !== undefined ? { code } : {}),
+            details: { message: (err as Error).message },
+          });
         });
       },
+      handlers: new Map([[topics.auditReceipt(deviceId), (payload: Buffer) => void shipper.handleReceipt(payload)]]),
+      onConnectionChange: (connected) => shipper.setConnected(connected),
       log: logger.child({ area: 'control' }),
     });
     rpc = new RpcServer({ deviceId, key, verifier, publish: controlLink.publish, clock });
+    shippers.set(controlLink, shipper);
+    const link = controlLink;
     rpc.register('ping', () => ({ pong: true, lifecycle: lifecycle.state, uptimeSeconds: Math.round(process.uptime()) }));
     rpc.register('status', () => ({
       lifecycle: lifecycle.state,
       plugins: plugins.status(),
-      protocol: controlLink.protocol,
+      protocol: link.protocol,
       board: { id: board.profile.id, model: board.model, ports: board.ports, tpm: board.tpm },
+      audit: { journal: openedJournal.status(), shipper: shipper.status() },
     }));
-    return controlLink;
+    return link;
   }
 
   const advance = async (event: LifecycleEvent, reason: string) => {
@@ -252,6 +334,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     identity = next;
     const previous = link;
     link = undefined;
+    if (previous) await shippers.get(previous)?.stop();
     await previous?.stop();
     link = await linkFor(next);
     if (started && !stopping) await link.start();
@@ -400,6 +483,10 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     get identity() {
       return identity;
     },
+    journal: openedJournal,
+    get shipper() {
+      return link ? shippers.get(link) : undefined;
+    },
     provision: (input) => {
       if (provisioning) return Promise.reject(new WardError(ErrorCodes.ENROLL_REFUSED, 'an enrollment is already in progress'));
       provisioning = doProvision(input);
@@ -452,9 +539,13 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       await hw.watchdog.stopping().catch(() => undefined);
       // Not awaiting the scan loop: closing the input ends it, and a tty read must never hold up a stop.
       await hw.scanner?.close();
+      if (link) await shippers.get(link)?.stop();
       await link?.stop();
       const failures = await plugins.stop();
       for (const f of failures) logger.warn(f, 'plugin failed to stop cleanly');
+      audit.record({ category: 'control-system', actor: 'ward-agent', action: 'agent.stop', outcome: 'success', details: { lifecycle: lifecycle.state } });
+      // Last: everything above may still record events; close() writes and seals them.
+      await openedJournal.close().catch((err) => logger.error({ err: describeError(err) }, 'audit journal did not close cleanly'));
     },
   };
 }

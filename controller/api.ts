@@ -17,6 +17,8 @@ export interface ApiBackend {
   now(): number;
   /** Host names (without port) the API answers to; undefined accepts any (a non-loopback listener). */
   allowedHosts?: readonly string[];
+  /** A device's audit chain as the controller holds it: verdict and verified events. */
+  auditView?(deviceId: string, query: { chainIndex?: number; fromSeq?: number; limit: number }): Promise<unknown | undefined>;
   /** Enrollment exists only once the controller is certified by a fleet root. */
   enrollment?: {
     createCode(input: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<unknown>;
@@ -81,6 +83,32 @@ export function createApiServer(backend: ApiBackend): Server {
       handler: async (_req, [id]) => {
         const device = isDeviceId(id ?? '') ? await backend.getDevice(id as string) : undefined;
         return device ? [200, publicView(device, backend.now())] : [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no device ${id}` } }];
+      },
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/devices\/([^/]+)\/audit$/,
+      handler: async (req, [id]) => {
+        const query = new URL(req.url ?? '/', 'http://api').searchParams;
+        const int = (name: string, min: number, max: number): number | undefined | string => {
+          const raw = query.get(name);
+          if (raw === null) return undefined;
+          const n = Number(raw);
+          return Number.isSafeInteger(n) && n >= min && n <= max ? n : `${name} must be an integer ${min}..${max}`;
+        };
+        const chainIndex = int('chain', 1, 1_000_000);
+        const fromSeq = int('from', 1, Number.MAX_SAFE_INTEGER);
+        const limit = int('limit', 1, 1000);
+        for (const v of [chainIndex, fromSeq, limit]) if (typeof v === 'string') return badRequest(v);
+        const view =
+          isDeviceId(id ?? '') && backend.auditView
+            ? await backend.auditView(id as string, {
+                ...(chainIndex !== undefined ? { chainIndex: chainIndex as number } : {}),
+                ...(fromSeq !== undefined ? { fromSeq: fromSeq as number } : {}),
+                limit: (limit as number | undefined) ?? 100,
+              })
+            : undefined;
+        return view ? [200, view] : [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no audit trail for device ${id}` } }];
       },
     },
     {

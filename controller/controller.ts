@@ -17,6 +17,8 @@ import { ensurePrivateDir } from '../agent/state/files.js';
 import { WARD_VERSION } from '../agent/version.js';
 import { CONTROLLER_IDENTITY } from './acl.js';
 import { createApiServer, loopbackHosts } from './api.js';
+import { AuditIngest } from './audit.js';
+import { type AuditStore, LevelAuditStore } from './audit-store.js';
 import { type BrokerAuth, type EmbeddedBroker, listen, startEmbeddedBroker } from './broker.js';
 import type { ControllerConfig } from './config.js';
 import { EnrollmentService } from './enrollment.js';
@@ -49,6 +51,8 @@ export interface Controller {
   /** Present once the controller is certified by a fleet root. */
   readonly enrollment: EnrollmentService | undefined;
   readonly fleet: ControllerFleet | undefined;
+  readonly auditIngest: AuditIngest;
+  readonly auditStore: AuditStore;
   close(): Promise<void>;
 }
 
@@ -101,6 +105,19 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
     cleanup.push(() => store.close());
     const registry = await DeviceRegistry.open({ store, clock, devices: config.devices, log });
     const audit = deps.audit ?? logAuditSink(log.child({ area: 'audit' }));
+    const auditStore = await LevelAuditStore.open(join(config.stateDir, 'audit'));
+    cleanup.push(() => auditStore.close());
+    // Late-bound publish: the session is created below.
+    let publishReceipt: ((t: string, p: Buffer, o: { qos: 1 }) => Promise<void>) | undefined;
+    const auditIngest = new AuditIngest({
+      store: auditStore,
+      key,
+      keyOf: (id) => registry.keyOf(id),
+      publish: (t, p, o) => (publishReceipt ? publishReceipt(t, p, o) : Promise.reject(new Error('controller session not started'))),
+      audit,
+      clock,
+      log: log.child({ area: 'audit-ingest' }),
+    });
 
     const fleet = await loadControllerFleet(config.stateDir, key, Math.floor(clock.now() / 1000));
     if (fleet) {
@@ -177,6 +194,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         subscriptions: [
           { filter: stateFilter, qos: 1 },
           { filter: filters.repliesFor(replicaId), qos: 1 },
+          { filter: share(filters.allAudit), qos: 1 },
           ...(fleet
             ? [
                 { filter: share(filters.enrollRequests), qos: 1 as const },
@@ -196,6 +214,9 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
           } else if (topic.endsWith('/renew/req')) {
             const parsed = parseDeviceTopic(topic);
             if (parsed) void enrollment?.handleRenewRequest(parsed.deviceId, payload);
+          } else if (topic.endsWith('/audit')) {
+            const parsed = parseDeviceTopic(topic);
+            if (parsed?.suffix === 'audit') void auditIngest.handle(parsed.deviceId, payload);
           } else if (topic.endsWith('/state')) {
             void registry.handleState(topic, payload, packet.retain);
           } else if (topic.includes('/reply/')) {
@@ -208,6 +229,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         },
       },
     );
+    publishReceipt = (t, p, o) => session.publish(t, p, o);
     session.start();
     cleanup.push(() => session.stop());
     rpc = new RpcClient({
@@ -279,10 +301,22 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
           broker: { url: brokerUrl, connected: session.connected, protocol: session.protocol, embedded: broker !== undefined, sharedGroup: group },
           devices: { total: devices.length, online: devices.filter((d) => isLive(d, clock.now())).length },
           messages: { handled: registry.handledCount, refused: registry.rejections() },
+          audit: { refused: auditIngest.refusals() },
         };
       },
       listDevices: () => registry.list(),
       getDevice: (id) => registry.get(id),
+      auditView: async (id, query) => {
+        const head = await auditStore.head(id);
+        if (head === undefined) return (await registry.get(id)) ? { verdict: null, events: [] } : undefined;
+        const chainIndex = query.chainIndex ?? head.chainIndex;
+        const stored =
+          query.fromSeq !== undefined
+            ? await auditStore.events(id, chainIndex, query.fromSeq, query.limit)
+            : await auditStore.latest(id, chainIndex, query.limit);
+        // Only events that verified against a device-signed checkpoint are ever stored here.
+        return { verdict: head, chainIndex, events: stored.map((e) => ({ seq: e.seq, verification: 'verified', event: JSON.parse(e.text) })) };
+      },
       now: () => clock.now(),
       ...(loopbackHosts(config.api.host) ? { allowedHosts: loopbackHosts(config.api.host) as readonly string[] } : {}),
       callDevice: (id, method) => (rpc as RpcClient).call(id, method),
@@ -335,6 +369,8 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       session,
       enrollment,
       fleet,
+      auditIngest,
+      auditStore,
       close: closeAll,
     };
   } catch (err) {

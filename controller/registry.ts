@@ -169,6 +169,12 @@ export class DeviceRegistry {
     return event;
   }
 
+  /** The key a device currently signs with, if it is trusted (not revoked, not unknown). */
+  keyOf(deviceId: string): { kid: string; publicKey: ReturnType<typeof publicKeyFromRaw> } | undefined {
+    for (const [kid, entry] of this.#byKid) if (entry.id === deviceId) return { kid, publicKey: entry.publicKey };
+    return undefined;
+  }
+
   /** Accepts messages signed by this record's key from now on; a revoked device is never trusted. */
   trust(record: DeviceRecord): void {
     if (record.identity?.status === 'revoked') {

@@ -109,6 +109,43 @@ export const agentConfigSchema = z
         heartbeatSeconds: z.number().int().min(5).max(86_400).default(300),
       })
       .default({ heartbeatSeconds: 300 }),
+    /** The signed audit journal (DESIGN.md §5) and its shipping to the controller. */
+    audit: z
+      .strictObject({
+        /** Bytes of un-receipted events kept on disk; beyond it events are counted, not stored (and a signed overflow event says so). */
+        maxBytes: z
+          .number()
+          .int()
+          .min(64 * 1024)
+          .default(64 * 1024 * 1024),
+        /** Warn (log + audit event) once the journal is this full. */
+        warnFraction: z.number().min(0.1).max(0.99).default(0.8),
+        /** Sign a checkpoint at most this often while events keep coming. */
+        checkpointIntervalMs: z.number().int().min(100).max(60_000).default(1000),
+        maxBatchEvents: z.number().int().min(10).max(5000).default(1000),
+        maxBatchBytes: z
+          .number()
+          .int()
+          .min(16 * 1024)
+          .max(900 * 1024)
+          .default(256 * 1024),
+        receiptTimeoutMs: z.number().int().min(1000).max(600_000).default(15_000),
+        /** Catch-up after an outage is paced to this many bytes per second, so it does not crowd out live traffic. */
+        catchupBytesPerSecond: z
+          .number()
+          .int()
+          .min(1024)
+          .default(256 * 1024),
+      })
+      .default({
+        maxBytes: 64 * 1024 * 1024,
+        warnFraction: 0.8,
+        checkpointIntervalMs: 1000,
+        maxBatchEvents: 1000,
+        maxBatchBytes: 256 * 1024,
+        receiptTimeoutMs: 15_000,
+        catchupBytesPerSecond: 256 * 1024,
+      }),
     log: z
       .strictObject({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -39,6 +39,10 @@ export interface ControlLinkDeps {
   readonly heartbeatSeconds: number;
   readonly snapshot: () => StateSnapshot;
   readonly onCommand: (payload: Buffer) => void;
+  /** More topics under the device's own tree (audit receipts, …), each with its handler. */
+  readonly handlers?: ReadonlyMap<string, (payload: Buffer) => void>;
+  /** Told when the link gains or loses the broker (the audit shipper pauses while it is away). */
+  readonly onConnectionChange?: (connected: boolean) => void;
   readonly log: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void; debug: (o: object, m?: string) => void };
 }
 
@@ -92,17 +96,22 @@ export class ControlLink {
         ...(config.username !== undefined ? { username: config.username } : {}),
         ...(password !== undefined ? { password: trimNewline(password) } : {}),
         ...(tls ? { tls } : {}),
-        subscriptions: [{ filter: topics.cmd(deviceId), qos: 1 }],
+        subscriptions: [{ filter: topics.cmd(deviceId), qos: 1 }, ...[...(this.deps.handlers?.keys() ?? [])].map((filter) => ({ filter, qos: 1 as const }))],
         prepareWill: () => this.#prepareWill(),
       },
       {
         onConnected: async ({ protocol, attempt }) => {
           this.deps.log.info({ protocol, attempt, session: this.#sessionId }, 'control link connected');
           await this.publishState();
+          this.deps.onConnectionChange?.(true);
         },
-        onDisconnected: (reason) => this.deps.log.warn({ reason }, 'control link lost; reconnecting'),
+        onDisconnected: (reason) => {
+          this.deps.log.warn({ reason }, 'control link lost; reconnecting');
+          this.deps.onConnectionChange?.(false);
+        },
         onMessage: (topic, payload) => {
           if (topic === topics.cmd(deviceId)) this.deps.onCommand(payload);
+          else this.deps.handlers?.get(topic)?.(payload);
         },
         onError: (err) => this.deps.log.warn({ code: err.code, err: err.message }, 'control link error'),
       },

@@ -1,11 +1,20 @@
 /**
  * Audit events, by the IEC 62443 auditable-event categories of DESIGN.md §5.
- * This is the seam the signed, chained journal (audit issue) plugs into:
- * until it lands, the sink behind it writes structured log lines, so every
- * refusal is already recorded with its category, actor, action and outcome
- * and call sites do not change when the journal arrives.
+ * Every module records through this one interface; the agent's sink is the
+ * signed, chained journal (agent/audit), which fills in seq, times, session
+ * and the hash link. `record` never throws and never waits: an audit failure
+ * must not block the PLC data path (IEC 62443-4-2 CR 2.10).
  */
-export type AuditCategory = 'access-control' | 'request-error' | 'control-system' | 'configuration-change' | 'audit';
+export const AUDIT_CATEGORIES = [
+  'access-control',
+  'request-error',
+  'control-system',
+  'backup-restore',
+  'configuration-change',
+  'audit',
+  'reconnaissance',
+] as const;
+export type AuditCategory = (typeof AUDIT_CATEGORIES)[number];
 
 export interface AuditEventInput {
   readonly category: AuditCategory;

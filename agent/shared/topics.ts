@@ -22,6 +22,10 @@ export const topics = {
   cmd: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/cmd`,
   /** Replies go back under the *device's* tree (its ACL allows nothing else), tagged with the asking replica. */
   reply: (deviceId: string, replicaId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/reply/${assertDeviceId(replicaId)}`,
+  /** Audit batches, agent → controller (QoS 1). */
+  audit: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/audit`,
+  /** Signed receipts, controller → agent (QoS 1). */
+  auditReceipt: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/audit/receipt`,
 } as const;
 
 /**
@@ -59,6 +63,7 @@ export const filters = {
   allStates: `${TOPIC_ROOT}/+/state`,
   enrollRequests: `${ENROLL_ROOT}/+/req`,
   renewRequests: `${TOPIC_ROOT}/+/renew/req`,
+  allAudit: `${TOPIC_ROOT}/+/audit`,
   repliesFor: (replicaId: string) => `${TOPIC_ROOT}/+/reply/${assertDeviceId(replicaId)}`,
 } as const;
 
