@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import { ErrorCodes, WardError } from '../core/errors.js';
+import { ChainVerifier, type Verdict } from '../shared/audit/verify.js';
 import { canonicalize } from '../shared/canonical.js';
 import { keyIdOf, publicKeyFromRaw } from '../shared/keys.js';
-import { ChainVerifier, type Verdict } from '../shared/audit/verify.js';
 import type { JournalSource } from './journal.js';
 
 /**
@@ -100,7 +100,8 @@ export async function verifyExport(lines: AsyncIterable<string> | Iterable<strin
     }
     if (header === undefined) {
       const parsed = exportHeader.safeParse(value);
-      if (!parsed.success) throw new WardError(ErrorCodes.AUDIT_EXPORT_INVALID, `line ${n}: not a Ward audit export header (${parsed.error.issues[0]?.message})`);
+      if (!parsed.success)
+        throw new WardError(ErrorCodes.AUDIT_EXPORT_INVALID, `line ${n}: not a Ward audit export header (${parsed.error.issues[0]?.message})`);
       header = parsed.data;
       const deviceRaw = options.devicePublicKey ?? header.publicKey;
       const controllerRaw = options.controllerPublicKey ?? header.controllerPublicKey;
