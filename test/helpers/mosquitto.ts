@@ -17,7 +17,8 @@ export interface Mosquitto {
   /** mqtts:// URL when started with `tls`. */
   readonly tlsUrl: string | undefined;
   readonly output: () => string;
-  restart(): Promise<void>;
+  /** Stops the broker, runs `whileDown` (an outage), then starts it again on the same ports. */
+  restart(whileDown?: () => Promise<void>): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -65,8 +66,9 @@ export async function startMosquitto(options: { tls?: { ca: string; cert: string
     url: `mqtt://127.0.0.1:${port}`,
     tlsUrl: tlsPort ? `mqtts://127.0.0.1:${tlsPort}` : undefined,
     output: broker.output,
-    async restart() {
+    async restart(whileDown) {
       await broker.halt();
+      await whileDown?.();
       await broker.launch();
     },
     async stop() {

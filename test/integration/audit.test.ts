@@ -1,0 +1,221 @@
+import { join } from 'node:path';
+import test, { type ExecutionContext } from 'ava';
+import mqtt from 'mqtt';
+import { loadOrCreateSigningKey } from '../../agent/identity/keystore.js';
+import {
+  BATCH_TYPE,
+  type BatchMessage,
+  GENESIS_PREV,
+  makeEvent,
+  parseEventText,
+  RECEIPT_TYPE,
+  sanitizeInput,
+  signCheckpoint,
+} from '../../agent/shared/audit/event.js';
+import { encodeEnvelope, seal } from '../../agent/shared/envelope.js';
+import { generateSigningKey } from '../../agent/shared/keys.js';
+import { topics } from '../../agent/shared/topics.js';
+import type { BatchOutcome } from '../../controller/audit.js';
+import { sampleEvent } from '../helpers/audit.js';
+import { staticAgent, untilReceipted } from '../helpers/audit-stack.js';
+import { waitFor } from '../helpers/net.js';
+import { getJson, makeDevice, startTestController } from '../helpers/stack.js';
+import { tempDir } from '../helpers/tmp.js';
+
+// Real components: the embedded aedes broker, the controller and an agent in this process, and a raw
+// mqtt.js client playing the attacker on the wire (aedes without a fleet is an open broker, so anyone
+// can publish on a device's topics: exactly the threat the signatures are for).
+
+async function rawClient(t: ExecutionContext, url: string) {
+  const client = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, clientId: `attacker-${Math.random().toString(36).slice(2)}` });
+  t.teardown(() => client.endAsync(true));
+  return client;
+}
+
+function nextOutcome(controller: { auditIngest: { onBatch(l: (id: string, o: BatchOutcome) => void): () => void } }, deviceId: string): Promise<BatchOutcome> {
+  return new Promise((resolve) => {
+    const off = controller.auditIngest.onBatch((id, outcome) => {
+      if (id !== deviceId) return;
+      off();
+      resolve(outcome);
+    });
+  });
+}
+
+test('events reach the controller verified; its signed receipt prunes the agent journal; the API lists them as verified', async (t) => {
+  const device = await makeDevice(t, 'gw-audit-1');
+  const controller = await startTestController(t, { devices: [device] });
+  const { agent } = await staticAgent(t, device, controller, controller.brokerUrl);
+  await agent.start();
+  let last = 0;
+  for (let i = 0; i < 100; i++) last = (await agent.journal.append(sampleEvent(i)))?.seq ?? last;
+
+  const head = await untilReceipted(controller, agent, last);
+  t.is(head.status, 'ok', JSON.stringify(head.findings));
+  t.is(head.chain, agent.journal.head().chain);
+  const status = agent.journal.status();
+  t.true(status.firstSeq > last, `pruned up to the receipt (first held seq ${status.firstSeq})`);
+  t.true((await agent.journal.receipts()).length >= 1, 'receipts are kept');
+
+  const api = await getJson<{ verdict: { status: string; events: number }; events: { seq: number; verification: string; event: { action: string } }[] }>(
+    `${controller.apiUrl}/api/devices/${device.id}/audit?from=1&limit=1000`,
+  );
+  t.is(api.status, 200);
+  t.is(api.body.verdict.status, 'ok');
+  const listed = api.body.events.filter((e) => e.event.action === 'modbus.write');
+  t.is(listed.length, 100);
+  t.true(api.body.events.every((e) => e.verification === 'verified'));
+  t.deepEqual(
+    api.body.events.map((e) => e.seq),
+    Array.from({ length: api.body.events.length }, (_, i) => i + 1),
+    'every seq from 1, once',
+  );
+  t.truthy(
+    api.body.events.find((e) => e.event.action === 'lifecycle.transition'),
+    'lifecycle changes are audit events',
+  );
+  t.is((await getJson(`${controller.apiUrl}/api/devices/nobody/audit`)).status, 404);
+  t.is((await getJson(`${controller.apiUrl}/api/devices/${device.id}/audit?limit=0`)).status, 400);
+});
+
+test('on the wire: forged, malformed and tampered batches are refused without touching the verdict; a replayed batch is a duplicate', async (t) => {
+  const device = await makeDevice(t, 'gw-audit-2');
+  const controller = await startTestController(t, { devices: [device] });
+  const spy = await rawClient(t, controller.brokerUrl);
+  const captured: Buffer[] = [];
+  await spy.subscribeAsync(topics.audit(device.id), { qos: 1 });
+  spy.on('message', (_topic, payload) => captured.push(Buffer.from(payload)));
+
+  const { agent } = await staticAgent(t, device, controller, controller.brokerUrl);
+  await agent.start();
+  let last = 0;
+  for (let i = 0; i < 10; i++) last = (await agent.journal.append(sampleEvent(i)))?.seq ?? last;
+  const before = await untilReceipted(controller, agent, last);
+  const genuine = await waitFor('a batch captured', () => captured[0]);
+  const attacker = await rawClient(t, controller.brokerUrl);
+  const send = async (payload: Buffer | string) => {
+    const outcome = nextOutcome(controller, device.id);
+    await attacker.publishAsync(topics.audit(device.id), payload, { qos: 1 });
+    return outcome;
+  };
+
+  t.like(await send('not json at all'), { outcome: 'refused', code: 'WARD_AUDIT_BATCH_INVALID' });
+
+  // Events and checkpoint signed by a key that is not the device's.
+  const forger = generateSigningKey();
+  const batch = JSON.parse(genuine.toString()) as BatchMessage;
+  const forged: BatchMessage = { ...batch, checkpoint: signCheckpoint(forger, batch.checkpoint.payload) };
+  t.like(await send(JSON.stringify(forged)), { outcome: 'refused', code: 'WARD_ENVELOPE_BAD_SIGNATURE' });
+
+  // A genuine batch with one event edited in transit no longer adds up to its checkpoint.
+  const edited = batch.events.map((text, i) => (i === 1 ? text.replace('"outcome":"success"', '"outcome":"failure"') : text));
+  t.like(await send(JSON.stringify({ ...batch, events: edited })), { outcome: 'refused' });
+
+  // The genuine batch again (a replay, or a QoS 1 redelivery): nothing new stored, the receipt is sent again.
+  t.like(await send(genuine), { outcome: 'duplicate' });
+
+  const after = await controller.auditStore.head(device.id);
+  t.is(after?.status, 'ok', 'nothing an outsider sent changed the verdict');
+  t.is(after?.events, before.events, 'no event stored twice or forged in');
+  t.is(after?.refused, 3);
+  t.is(after?.duplicates, 1);
+  const health = await getJson<{ audit: { refused: Record<string, number> } }>(`${controller.apiUrl}/api/health`);
+  t.is(health.body.audit.refused.WARD_ENVELOPE_BAD_SIGNATURE, 1);
+});
+
+test('a device-signed history that contradicts what the controller holds (a fork, a restart without reason) turns the verdict broken', async (t) => {
+  // The attacker here owns the gateway (root, device key) and rewrites its journal: the signatures are
+  // valid, so only the controller's memory of what it already received can tell.
+  const device = await makeDevice(t, 'gw-audit-3');
+  const controllerDir = join(await tempDir(t, 'ward-controller-'), 'state');
+  const controller = await startTestController(t, { devices: [device], stateDir: controllerDir });
+  const { agent } = await staticAgent(t, device, controller, controller.brokerUrl);
+  await agent.start();
+  let last = 0;
+  for (let i = 0; i < 5; i++) last = (await agent.journal.append(sampleEvent(i)))?.seq ?? last;
+  const head = await untilReceipted(controller, agent, last);
+  await agent.stop();
+
+  const held = (await controller.auditStore.events(device.id, head.chainIndex, 1, 10_000)).map((e) => parseEventText(e.text));
+  const at3 = held.find((e) => e.event.seq === 3);
+  if (at3 === undefined) throw new Error('seq 3 not held');
+  // Same seq 4.., different content, linked from the genuine seq 3, sealed with the real device key.
+  const rewritten = [];
+  let prev = at3.hash;
+  for (let seq = 4; seq <= head.seq + 2; seq++) {
+    const made = makeEvent(
+      { chain: head.chain, seq, prev, session: at3.event.session, boot: at3.event.boot, time: Date.now(), mono: at3.event.mono + seq },
+      sanitizeInput(sampleEvent(seq, { details: { forged: true } })),
+    );
+    rewritten.push(made);
+    prev = made.hash;
+  }
+  const lastMade = rewritten.at(-1);
+  if (lastMade === undefined) throw new Error('nothing rewritten');
+  const sealed = signCheckpoint(device.key, {
+    chain: head.chain,
+    seq: lastMade.event.seq,
+    head: lastMade.hash,
+    session: lastMade.event.session,
+    time: Date.now(),
+  });
+  const attacker = await rawClient(t, controller.brokerUrl);
+  const fork: BatchMessage = { typ: BATCH_TYPE, v: 1, chain: head.chain, events: rewritten.map((e) => e.text), checkpoint: sealed };
+  const outcome = nextOutcome(controller, device.id);
+  await attacker.publishAsync(topics.audit(device.id), JSON.stringify(fork), { qos: 1 });
+  const result = await outcome;
+  t.is(result.outcome, 'broken');
+  const verdict = await controller.auditStore.head(device.id);
+  t.is(verdict?.status, 'broken');
+  t.like(verdict?.findings[0], { kind: 'fork', seq: 4 });
+  t.is(verdict?.seq, head.seq, 'the contradicting events are not stored');
+
+  // A brand-new chain without a signed reason is also refused as a verdict, not silently adopted.
+  const newChain = 'N'.repeat(22);
+  const start = makeEvent(
+    { chain: newChain, seq: 1, prev: GENESIS_PREV, session: 1, boot: 'b', time: Date.now(), mono: 0 },
+    sanitizeInput({ category: 'audit', actor: 'ward-agent', action: 'audit.chain-start', outcome: 'success', details: {} }),
+  );
+  const restart: BatchMessage = {
+    typ: BATCH_TYPE,
+    v: 1,
+    chain: newChain,
+    events: [start.text],
+    checkpoint: signCheckpoint(device.key, { chain: newChain, seq: 1, head: start.hash, session: 1, time: Date.now() }),
+  };
+  const second = nextOutcome(controller, device.id);
+  await attacker.publishAsync(topics.audit(device.id), JSON.stringify(restart), { qos: 1 });
+  const restartOutcome = await second;
+  t.is(restartOutcome.outcome, 'broken');
+  t.true(restartOutcome.outcome === 'broken' && restartOutcome.findings.some((f) => f.kind === 'unexplained-restart'));
+});
+
+test('the agent refuses receipts for another device, for a seq it never sent, or not signed by the controller, and records each', async (t) => {
+  const device = await makeDevice(t, 'gw-audit-4');
+  const controllerDir = join(await tempDir(t, 'ward-controller-'), 'state');
+  const controller = await startTestController(t, { devices: [device], stateDir: controllerDir });
+  const { key: controllerKey } = await loadOrCreateSigningKey(controllerDir, 'controller-key.pem');
+  const { agent, audit } = await staticAgent(t, device, controller, controller.brokerUrl);
+  await agent.start();
+  let last = 0;
+  for (let i = 0; i < 5; i++) last = (await agent.journal.append(sampleEvent(i)))?.seq ?? last;
+  await untilReceipted(controller, agent, last);
+  const before = agent.journal.status();
+
+  const attacker = await rawClient(t, controller.brokerUrl);
+  const { chain, seq, head } = { chain: before.chain, seq: before.seq, head: before.head };
+  const cases: [string, Buffer][] = [
+    ['WARD_ENVELOPE_WRONG_SUBJECT', encodeEnvelope(seal(controllerKey, { typ: RECEIPT_TYPE, sub: 'gw-other', chain, seq, head }, { ttlSeconds: 60 }))],
+    [
+      'WARD_AUDIT_RECEIPT_INVALID',
+      encodeEnvelope(seal(controllerKey, { typ: RECEIPT_TYPE, sub: device.id, chain, seq: seq + 1000, head }, { ttlSeconds: 60 })),
+    ],
+    ['WARD_ENVELOPE_UNKNOWN_KEY', encodeEnvelope(seal(generateSigningKey(), { typ: RECEIPT_TYPE, sub: device.id, chain, seq, head }, { ttlSeconds: 60 }))],
+  ];
+  for (const [code, payload] of cases) {
+    await attacker.publishAsync(topics.auditReceipt(device.id), payload, { qos: 1 });
+    await waitFor(`receipt refused with ${code}`, () => audit.find((e) => e.action === 'audit.receipt' && e.code === code), 10_000, 20);
+  }
+  t.deepEqual(agent.journal.status().receipted, before.receipted, 'no refused receipt pruned anything');
+  t.is(agent.shipper?.status().receiptsRefused, 3);
+});
