@@ -242,6 +242,12 @@ function parseEvents(batch: BatchMessage): ParsedEvent[] {
     if (prev && parsed.event.seq !== prev.event.seq + 1 && !(parsed.event.action === 'audit.gap' && parsed.event.seq > prev.event.seq)) {
       throw new WardError(ErrorCodes.AUDIT_BATCH_INVALID, `batch events are not contiguous: seq ${prev.event.seq} then ${parsed.event.seq}`);
     }
+    // Links inside the batch are checked before anything is compared with the store: together with the
+    // checkpoint over the last event they authenticate every event, so an edited copy of a genuine batch
+    // is refused as not the device's, and cannot make the device's own verdict look broken.
+    if (prev && parsed.event.prev !== prev.hash) {
+      throw new WardError(ErrorCodes.AUDIT_BATCH_INVALID, `batch event seq ${parsed.event.seq} does not link to seq ${prev.event.seq}`);
+    }
     out.push(parsed);
   }
   if (batch.checkpoint.payload.chain !== batch.chain) throw new WardError(ErrorCodes.AUDIT_BATCH_INVALID, 'the checkpoint belongs to another chain');
