@@ -103,8 +103,8 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
 
     const store = deps.store ?? (await LevelDeviceStore.open(join(config.stateDir, 'devices')));
     cleanup.push(() => store.close());
-    const registry = await DeviceRegistry.open({ store, clock, devices: config.devices, log });
     const audit = deps.audit ?? logAuditSink(log.child({ area: 'audit' }));
+    const registry = await DeviceRegistry.open({ store, clock, devices: config.devices, log, audit });
     const auditStore = await LevelAuditStore.open(join(config.stateDir, 'audit'));
     cleanup.push(() => auditStore.close());
     // Late-bound publish: the session is created below.
@@ -223,7 +223,17 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
             try {
               rpc?.handleReply(topic, payload);
             } catch (err) {
-              log.warn({ topic, code: (err as { code?: string }).code, err: describeError(err) }, 'device reply refused');
+              const code = (err as { code?: string }).code;
+              log.warn({ topic, code, err: describeError(err) }, 'device reply refused');
+              audit.record({
+                category: 'request-error',
+                actor: 'unknown',
+                action: 'link.reply',
+                target: parseDeviceTopic(topic)?.deviceId ?? topic,
+                outcome: 'refused',
+                ...(code !== undefined ? { code } : {}),
+                details: { message: (err as Error).message },
+              });
             }
           }
         },

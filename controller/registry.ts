@@ -1,3 +1,4 @@
+import type { AuditSink } from '../agent/core/audit.js';
 import type { Clock } from '../agent/core/clock.js';
 import { describeError, ErrorCodes, WardError } from '../agent/core/errors.js';
 import { EnvelopeVerifier, type KeyResolver, MemoryReplayCache, MemoryVersionLedger } from '../agent/shared/envelope.js';
@@ -36,6 +37,7 @@ export class DeviceRegistry {
     private readonly store: DeviceStore,
     private readonly clock: Clock,
     private readonly log: { warn: (o: object, m?: string) => void; info: (o: object, m?: string) => void },
+    private readonly audit: AuditSink | undefined,
   ) {
     const keys: KeyResolver = (kid) => {
       const entry = this.#byKid.get(kid);
@@ -49,8 +51,9 @@ export class DeviceRegistry {
     clock: Clock;
     devices: readonly { id: string; publicKey: string }[];
     log: { warn: (o: object, m?: string) => void; info: (o: object, m?: string) => void };
+    audit?: AuditSink;
   }): Promise<DeviceRegistry> {
-    const registry = new DeviceRegistry(options.store, options.clock, options.log);
+    const registry = new DeviceRegistry(options.store, options.clock, options.log, options.audit);
     for (const d of options.devices) await registry.register(d.id, d.publicKey);
     for (const record of await options.store.list()) registry.trust(record);
     return registry;
@@ -162,6 +165,16 @@ export class DeviceRegistry {
       } else {
         this.#rejections.set(code, (this.#rejections.get(code) ?? 0) + 1);
         this.log.warn({ deviceId, topic, code, err: describeError(err) }, 'device message refused');
+        // The sender is unauthenticated until the signature checked out: the topic names a target, not an actor.
+        this.audit?.record({
+          category: code === ErrorCodes.ENVELOPE_BAD_SIGNATURE || code === ErrorCodes.ENVELOPE_UNKNOWN_KEY ? 'access-control' : 'request-error',
+          actor: 'unknown',
+          action: 'link.state',
+          target: deviceId,
+          outcome: 'refused',
+          code,
+          details: { message: (err as Error).message },
+        });
         event = { deviceId, outcome: 'rejected', code };
       }
     }

@@ -1,4 +1,5 @@
 import test from 'ava';
+import { MemoryAuditSink } from '../../agent/core/audit.js';
 import { ManualClock } from '../../agent/core/clock.js';
 import { encodeEnvelope, seal } from '../../agent/shared/envelope.js';
 import { generateSigningKey, type SigningKey } from '../../agent/shared/keys.js';
@@ -12,9 +13,10 @@ const gw1 = generateSigningKey();
 const gw2 = generateSigningKey();
 const stranger = generateSigningKey();
 
-async function registry() {
+async function registry(audit?: MemoryAuditSink) {
   const store = new MemoryDeviceStore();
   const reg = await DeviceRegistry.open({
+    ...(audit ? { audit } : {}),
     store,
     clock,
     devices: [
@@ -129,4 +131,19 @@ test('a device silent for more than 3 of its heartbeats is stale, not live', asy
   t.true(isStale(record, 1000_000 + 181_000));
   t.false(isLive(record, 1000_000 + 181_000));
   t.false(isStale({ ...record, online: false }, 1000_000 + 999_000), 'an offline device is offline, not stale');
+});
+
+test('each refused state message is an audit event naming the target device and the code, never an authenticated actor', async (t) => {
+  const audit = new MemoryAuditSink();
+  const { reg } = await registry(audit);
+  await reg.handleState(TOPIC, state(stranger), false);
+  await reg.handleState(TOPIC, Buffer.from('nope'), false);
+  await reg.handleState(TOPIC, state(gw1), false);
+  t.deepEqual(
+    audit.events.map((e) => [e.category, e.actor, e.action, e.target, e.outcome, e.code]),
+    [
+      ['access-control', 'unknown', 'link.state', 'gw-1', 'refused', 'WARD_ENVELOPE_UNKNOWN_KEY'],
+      ['request-error', 'unknown', 'link.state', 'gw-1', 'refused', 'WARD_ENVELOPE_NOT_JSON'],
+    ],
+  );
 });
