@@ -1,3 +1,4 @@
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import mqtt from 'mqtt';
@@ -229,4 +230,27 @@ test('the agent refuses receipts for another device, for a seq it never sent, or
   t.true(receipted.seq <= held.seq && receipted.seq < before.seq + 1000);
   const heldText = await controller.auditStore.eventText(device.id, held.chainIndex, receipted.seq);
   t.is(heldText === undefined ? undefined : parseEventText(heldText).hash, receipted.head);
+});
+
+test('a wiped journal cannot pass unnoticed: the new chain is accepted only as a signed restart, and the verdict says so', async (t) => {
+  const device = await makeDevice(t, 'gw-audit-5');
+  const controller = await startTestController(t, { devices: [device] });
+  const first = await staticAgent(t, device, controller, controller.brokerUrl);
+  await first.agent.start();
+  const last = (await first.agent.journal.append(sampleEvent(1)))?.seq ?? 0;
+  const before = await untilReceipted(controller, first.agent, last);
+  await first.agent.stop();
+  await rm(join(device.stateDir, 'audit'), { recursive: true, force: true });
+
+  const second = await staticAgent(t, device, controller, controller.brokerUrl);
+  await second.agent.start();
+  const seq = (await second.agent.journal.append(sampleEvent(2)))?.seq ?? 0;
+  const after = await untilReceipted(controller, second.agent, seq);
+  t.is(after.chainIndex, before.chainIndex + 1, 'the old chain stays archived under its own index');
+  t.not(after.chain, before.chain);
+  t.is(after.status, 'warnings');
+  t.like(after.findings[0], { kind: 'restart', seq: 1 });
+  t.regex(after.findings[0]?.message ?? '', /new journal/);
+  const old = await controller.auditStore.events(device.id, before.chainIndex, 1, 1000);
+  t.is(old.length, before.seq, 'nothing of the first chain was lost at the controller');
 });
