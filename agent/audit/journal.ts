@@ -778,7 +778,7 @@ export class JournalReader {
     const { tmpdir } = await import('node:os');
     const { join } = await import('node:path');
     await stat(dir).catch((cause) => {
-      throw new WardError(ErrorCodes.AUDIT_JOURNAL_CORRUPT, `no audit journal at ${dir}`, { cause });
+      throw new WardError(ErrorCodes.AUDIT_JOURNAL_NOT_FOUND, `no audit journal at ${dir} (has the agent run with this state folder?)`, { cause });
     });
     let location = dir;
     let snapshotOf: string | undefined;

@@ -1,4 +1,4 @@
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import YAML from 'yaml';
 import { controllerConfigSchema } from '../../controller/config.js';
 import { startController } from '../../controller/controller.js';
@@ -10,6 +10,7 @@ import { loadOrCreateSigningKey } from '../identity/keystore.js';
 import { createLogger } from '../log.js';
 import { buildAgent } from '../system.js';
 import { WARD_VERSION } from '../version.js';
+import { auditExport, auditStatus, auditTail, auditVerify, EXPORT_FORMATS, type ExportFormat, parsePublicKey, parseSince } from './audit.js';
 import { runDev } from './dev.js';
 import { enrollCode, fleetCertify, fleetInit, fleetShow, identityQr, identityReset, identityShow, provisionCommand } from './identity.js';
 import { ExitCode, fatal, runUntilSignal } from './run.js';
@@ -192,6 +193,56 @@ export function buildProgram(): Command {
     .option('--yes', 'confirm')
     .action(async (opts: { config: string; yes?: boolean }) => {
       await identityReset(opts, process.stdout);
+    });
+
+  const audit = program.command('audit').description("the gateway's signed audit journal (read-only; works while the agent runs)");
+  const auditIo = { out: process.stdout, err: process.stderr };
+  audit
+    .command('status')
+    .description('print the chain, head, sealed and receipted seqs and the size of the journal')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('--json', 'print one JSON object')
+    .action(async (opts: { config: string; json?: boolean }) => {
+      await auditStatus(opts, auditIo);
+    });
+  audit
+    .command('tail')
+    .description('print the newest events, one line each')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('-n, --lines <n>', 'how many events', (v) => parseCount(v, 1, 100_000), 20)
+    .option('--json', 'print the stored canonical event texts, one per line')
+    .action(async (opts: { config: string; lines: number; json?: boolean }) => {
+      await auditTail(opts, auditIo);
+    });
+  audit
+    .command('export')
+    .description('export the journal: jsonl is the verifiable export (ward audit verify); cef, syslog (RFC 5424) and ocsf are for a SIEM and prove nothing')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .addOption(new Option('--format <format>', 'output format').choices(EXPORT_FORMATS).default('jsonl'))
+    .option('--since <time>', 'only events from this time on: ISO time or a duration back from now (30m, 2h, 7d); not for jsonl', (v) => parseSince(v))
+    .option('-o, --output <file>', 'write to this file (mode 0600) instead of stdout')
+    .action(async (opts: { config: string; format: ExportFormat; since?: number; output?: string }, cmd: Command) => {
+      // A jsonl export cut at a time would start mid-chain and verify only as unanchored: the evidence export is always whole.
+      if (opts.format === 'jsonl' && opts.since !== undefined) {
+        cmd.error(
+          'error: --since cannot be used with --format jsonl: the verifiable export is always the whole journal (use --format cef|syslog|ocsf for a time window)',
+          {
+            exitCode: ExitCode.usage,
+            code: 'ward.audit.sinceJsonl',
+          },
+        );
+      }
+      await auditExport(opts, auditIo);
+    });
+  audit
+    .command('verify')
+    .description('verify a jsonl export offline: hash links, device-signed checkpoints, controller receipts')
+    .argument('<export-file>', 'the file written by ward audit export --format jsonl')
+    .option('--device-key <key>', "the device's public key (base64url) as the controller knows it; without it the export vouches for itself", parsePublicKey)
+    .option('--controller-key <key>', "the controller's public key (base64url), to check its receipts", parsePublicKey)
+    .option('--json', 'print the verdict as JSON')
+    .action(async (file: string, opts: { deviceKey?: string; controllerKey?: string; json?: boolean }) => {
+      if (!(await auditVerify({ file, ...opts }, auditIo))) process.exitCode = ExitCode.failure;
     });
 
   program

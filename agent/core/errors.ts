@@ -129,6 +129,7 @@ export const ErrorCodes = {
   AUDIT_CHAIN_BROKEN: 'WARD_AUDIT_CHAIN_BROKEN',
   AUDIT_RECEIPT_INVALID: 'WARD_AUDIT_RECEIPT_INVALID',
   AUDIT_EXPORT_INVALID: 'WARD_AUDIT_EXPORT_INVALID',
+  AUDIT_JOURNAL_NOT_FOUND: 'WARD_AUDIT_JOURNAL_NOT_FOUND',
 } as const;
 
 export type WardErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -2,12 +2,11 @@
 // or only through the line reader (`read`, the baseline), then prints one JSON line with the time
 // taken and its own peak RSS (VmHWM), so memory is measured for exactly this work.
 import { createReadStream, readFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
-import { verifyExport } from '../../agent/audit/export.js';
+import { boundedLines, verifyExport } from '../../agent/audit/export.js';
 
 const [mode, file] = process.argv.slice(2);
 if ((mode !== 'verify' && mode !== 'read') || file === undefined) throw new Error('usage: audit-verify-child verify|read <export.jsonl>');
-const lines = createInterface({ input: createReadStream(file), crlfDelay: Number.POSITIVE_INFINITY });
+const lines = boundedLines(createReadStream(file));
 const started = performance.now();
 let events = 0;
 let status = 'n/a';
