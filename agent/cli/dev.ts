@@ -127,6 +127,7 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
       `  devices        curl ${controller.apiUrl}/api/devices`,
       `  health         curl ${controller.apiUrl}/api/health`,
       `  ping agent     curl -X POST ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/ping`,
+      `  audit trail    curl ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/audit   (verdict + verified events)`,
       `  MQTT broker    ${controller.brokerUrl} (mutual TLS; enrollment tokens)`,
       `  agent          ${DEV_DEVICE_ID}: ${isOnline ? 'online' : 'NOT online yet (see logs)'}, enrolled by QR code, lifecycle ${agent.lifecycle.state}`,
       `  fleet root     ${fleet.rootFile} (dev passphrase in ${fleet.passphraseFile})`,
