@@ -294,8 +294,16 @@ export default async function bench(): Promise<BenchResult> {
     const appends = await durableAppends(dir, Number(process.env.WARD_BENCH_SECONDS ?? 3));
     const e2e = await endToEnd(dir, Number(process.env.WARD_BENCH_E2E_EVENTS ?? 20_000), { perSecond: 200, seconds: 5 });
     const verify = await verifier(dir, Number(process.env.WARD_BENCH_VERIFY_EVENTS ?? 1_000_000));
+    // The same verifier on a tenth of the events: a flat peak says memory does not grow with the journal.
+    const small = await verifier(dir, Math.round(Number(process.env.WARD_BENCH_VERIFY_EVENTS ?? 1_000_000) / 10));
+    const smallPeak = small.figures.find((f) => f.key === 'verify.peak_mib');
     return {
-      figures: [...appends, ...e2e.figures, ...verify.figures],
+      figures: [
+        ...appends,
+        ...e2e.figures,
+        ...verify.figures,
+        { key: 'verify.peak_mib_tenth', label: 'verifier peak RSS on a tenth of the events', value: smallPeak?.value ?? 'n/a', unit: 'MiB' },
+      ],
       notes: ['appends: real LevelDB on this disk, fsync per group; raw baseline writes the same record size', ...e2e.notes, ...verify.notes],
     };
   } finally {
