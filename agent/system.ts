@@ -196,6 +196,9 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     maxBytes: config.audit.maxBytes,
     warnFraction: config.audit.warnFraction,
     checkpointIntervalMs: config.audit.checkpointIntervalMs,
+    // A span between two checkpoints must always fit one shipped batch (the controller refuses anything larger).
+    checkpointEvents: Math.min(1000, config.audit.maxBatchEvents),
+    checkpointBytes: Math.min(192 * 1024, config.audit.maxBatchBytes),
     ...(deps.bootId !== undefined ? { bootId: deps.bootId } : {}),
   });
   {

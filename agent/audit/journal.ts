@@ -8,6 +8,7 @@ import {
   type AuditEvent,
   GENESIS_PREV,
   JournalActions,
+  MAX_EVENT_BYTES,
   makeEvent,
   newChainId,
   type ParsedEvent,
@@ -187,7 +188,7 @@ export class AuditJournal implements AuditSink {
       maxBytes: opts.maxBytes ?? 64 * 1024 * 1024,
       warnFraction: opts.warnFraction ?? 0.8,
       checkpointIntervalMs: opts.checkpointIntervalMs ?? 1000,
-      checkpointBytes: opts.checkpointBytes ?? 256 * 1024,
+      checkpointBytes: opts.checkpointBytes ?? 192 * 1024,
       checkpointEvents: opts.checkpointEvents ?? 1000,
       maxPendingEvents: opts.maxPendingEvents ?? 10_000,
       keepReceipts: opts.keepReceipts ?? 100,
@@ -224,12 +225,13 @@ export class AuditJournal implements AuditSink {
       const repairs: RepairNote[] = [];
       let chainStartReason: string | undefined;
       if (stored === undefined) {
-        const anyEvent = await firstKey(db, EVENT_PREFIX);
+        let anyEvent: string | undefined;
+        for (const prefix of [EVENT_PREFIX, CHECKPOINT_PREFIX, RECEIPT_PREFIX, OVERFLOW_KEY]) anyEvent ??= await firstKey(db, prefix);
         chainStartReason = reopened ?? 'new journal';
         if (anyEvent !== undefined) {
           // Without its head record the old chain cannot be continued safely: keep it aside and say so.
-          const moved = await quarantineFrom(db, 0);
-          chainStartReason = `journal head record missing: seq ${moved.from}..${moved.to} of the previous chain quarantined`;
+          const moved = await quarantineFrom(db, 0, true);
+          chainStartReason = `journal head record missing: the previous chain's records are quarantined${moved.to >= moved.from ? ` (events ${moved.from}..${moved.to})` : ''}`;
           options.log.error({ from: moved.from, to: moved.to }, 'audit journal head record missing: previous records quarantined, a new chain starts');
         }
         meta = freshMeta(options.key.kid);
@@ -383,7 +385,12 @@ export class AuditJournal implements AuditSink {
    * first checkpoint at or after `fromSeq`, which the checkpoint policy keeps
    * small). Undefined when nothing sealed is waiting.
    */
-  async batchFrom(fromSeq: number, limits: { maxEvents: number; maxBytes: number }): Promise<{ events: string[]; checkpoint: SignedCheckpoint } | undefined> {
+  batchFrom(fromSeq: number, limits: { maxEvents: number; maxBytes: number }): Promise<{ events: string[]; checkpoint: SignedCheckpoint } | undefined> {
+    // Under the mutex: a receipt pruning meanwhile would otherwise pull events from under the read.
+    return this.#exclusive(() => this.#batchFrom(fromSeq, limits));
+  }
+
+  async #batchFrom(fromSeq: number, limits: { maxEvents: number; maxBytes: number }): Promise<{ events: string[]; checkpoint: SignedCheckpoint } | undefined> {
     if (fromSeq > this.#meta.sealedSeq) return undefined;
     const start = Math.max(fromSeq, this.#meta.firstSeq);
     const checkpoints: number[] = [];
@@ -395,13 +402,17 @@ export class AuditJournal implements AuditSink {
     const firstCheckpoint = checkpoints[0];
     if (firstCheckpoint === undefined) return undefined;
     const events: string[] = [];
+    const seqs: number[] = [];
     let bytes = 0;
     let end = start - 1;
     for await (const [key, text] of this.#db.iterator({ gte: eventKey(start), lte: eventKey(checkpoints.at(-1) ?? firstCheckpoint) })) {
       const seq = Number(key.slice(EVENT_PREFIX.length));
-      if (seq !== end + 1) throw new WardError(ErrorCodes.AUDIT_JOURNAL_CORRUPT, `audit journal is missing seq ${end + 1} (found ${seq})`);
+      if (seq !== end + 1 && !declaresGapFrom(text, end + 1)) {
+        throw new WardError(ErrorCodes.AUDIT_JOURNAL_CORRUPT, `audit journal is missing seq ${end + 1} (found ${seq})`);
+      }
       if (seq > firstCheckpoint && (bytes + text.length > limits.maxBytes || events.length >= limits.maxEvents)) break;
       events.push(text);
+      seqs.push(seq);
       bytes += text.length;
       end = seq;
     }
@@ -409,7 +420,7 @@ export class AuditJournal implements AuditSink {
     if (until === undefined) return undefined;
     const checkpoint = await this.#readCheckpoint(until);
     if (checkpoint === undefined) return undefined;
-    return { events: events.slice(0, until - start + 1), checkpoint };
+    return { events: events.slice(0, seqs.indexOf(until) + 1), checkpoint };
   }
 
   /**
@@ -535,7 +546,10 @@ export class AuditJournal implements AuditSink {
       { newSession },
     );
     this.#forceCheckpoint = true;
-    await startEvent;
+    // A disk that refuses writes must not keep the agent (and enforcement) from starting: the session start
+    // stays queued and is retried; the failure is logged loudly by the write loop.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([startEvent, new Promise((resolve) => (timer = setTimeout(resolve, 5_000)))]).finally(() => clearTimeout(timer));
   }
 
   #enqueue(input: AuditEventInput, system: boolean, special?: { gap?: RepairNote; newSession?: number }): Promise<AuditEvent | undefined> {
@@ -573,11 +587,13 @@ export class AuditJournal implements AuditSink {
   #kick(): void {
     if (this.#writing || this.#closed || this.#retryTimer !== undefined) return;
     this.#writing = true;
-    this.#drained = this.#exclusive(() => this.#drain()).finally(() => {
-      this.#writing = false;
-      // An append that arrived after the drain loop's last look but before this line would otherwise wait forever.
-      if (this.#pending.length > 0 && this.#retryTimer === undefined) this.#kick();
-    });
+    this.#drained = this.#exclusive(() => this.#drain())
+      .catch((err) => this.#opts.log.error({ err: describeError(err) }, 'audit journal write loop failed; it restarts with the next event'))
+      .finally(() => {
+        this.#writing = false;
+        // An append that arrived after the drain loop's last look but before this line would otherwise wait forever.
+        if (this.#pending.length > 0 && this.#retryTimer === undefined) this.#kick();
+      });
   }
 
   async #idle(): Promise<void> {
@@ -601,27 +617,47 @@ export class AuditJournal implements AuditSink {
       const before = this.#meta;
       const beforeOverflow = this.#overflow === undefined ? undefined : structuredClone(this.#overflow);
       const beforeUnsealed = this.#unsealedBytes;
+      // Consumed now, not after the write: a seal() asked for while this group is on its way to disk
+      // must get its own checkpoint over the events that arrive meanwhile.
+      const forced = this.#forceCheckpoint;
+      this.#forceCheckpoint = false;
       const ops: Op[] = [];
-      const results: (AuditEvent | undefined)[] = [];
+      const results: ({ ok: true; event: AuditEvent | undefined } | { ok: false; error: unknown })[] = [];
       let meta = { ...before };
       let overflowTouched = false;
       let wrote = false;
+      let checkpoints = 0;
 
+      const sealHere = () => {
+        const now = this.#opts.clock.now();
+        const checkpoint = signCheckpoint(this.#opts.key, { chain: meta.chain, seq: meta.seq, head: meta.head, session: meta.session, time: now });
+        const text = JSON.stringify(checkpoint);
+        ops.push({ type: 'put', key: checkpointKey(meta.seq), value: text });
+        meta = { ...meta, sealedSeq: meta.seq, sealedHead: meta.head, lastCheckpointAt: now, bytes: meta.bytes + Buffer.byteLength(text) };
+        this.#unsealedBytes = 0;
+        checkpoints++;
+      };
       const put = (input: AuditEventInput, special?: { gap?: RepairNote; newSession?: number }): AuditEvent => {
         const seq = special?.gap ? Math.max(meta.seq, special.gap.to) + 1 : meta.seq + 1;
-        if (special?.newSession !== undefined) meta.session = special.newSession;
+        const session = special?.newSession ?? meta.session;
         // A declared gap closes the previous session's stream, so it carries that session's clock.
         const mono = special?.gap ? (meta.lastMono ?? 0) : this.#opts.clock.monotonic() - this.#monoOrigin;
-        const made = makeEvent({ chain: meta.chain, seq, prev: meta.head, session: meta.session, boot: this.#boot, time: this.#opts.clock.now(), mono }, input);
+        // May throw (a value canonical JSON refuses): nothing of this event has touched `meta` or `ops` yet.
+        const made = makeEvent({ chain: meta.chain, seq, prev: meta.head, session, boot: this.#boot, time: this.#opts.clock.now(), mono }, input);
+        const size = Buffer.byteLength(made.text);
+        if (size > MAX_EVENT_BYTES) throw new TypeError(`audit event ${input.action} is ${size} bytes, limit ${MAX_EVENT_BYTES}`);
         ops.push({ type: 'put', key: eventKey(seq), value: made.text });
-        meta = { ...meta, seq, head: made.hash, bytes: meta.bytes + made.text.length, lastMono: made.event.mono };
-        this.#unsealedBytes += made.text.length;
+        meta = { ...meta, seq, session, head: made.hash, bytes: meta.bytes + size, lastMono: made.event.mono };
+        this.#unsealedBytes += size;
         wrote = true;
+        // Within a group too: a burst must never leave a span between checkpoints larger than one shipped batch.
+        if (this.#unsealedBytes >= this.#opts.checkpointBytes || meta.seq - meta.sealedSeq >= this.#opts.checkpointEvents) sealHere();
         return made.event;
       };
 
-      // Room again after receipts: the aggregate becomes one signed event before anything newer.
-      if (this.#overflowDue() && this.#overflow) {
+      // Room again after receipts: the aggregate becomes one signed event before anything newer, except a
+      // declared gap, which must sit right where the lost numbers were.
+      if (this.#overflowDue() && this.#overflow && !group.some((e) => specials.get(e)?.gap)) {
         const agg = this.#overflow;
         put({
           category: 'audit',
@@ -636,46 +672,41 @@ export class AuditJournal implements AuditSink {
       }
       for (const entry of group) {
         const special = specials.get(entry);
-        if (!entry.system && this.#overflow === undefined && meta.bytes >= this.#opts.maxBytes * this.#opts.warnFraction && !meta.quotaWarned) {
-          meta.quotaWarned = true;
-          put({
-            category: 'audit',
-            actor: 'ward-agent',
-            action: JournalActions.quotaWarning,
-            outcome: 'failure',
-            details: { bytes: meta.bytes, maxBytes: this.#opts.maxBytes, warnFraction: this.#opts.warnFraction },
-          });
-          this.#opts.log.warn({ bytes: meta.bytes, maxBytes: this.#opts.maxBytes }, 'audit journal above its warning threshold: is the controller receipting?');
-        }
-        const full = this.#overflow !== undefined || meta.bytes >= this.#opts.maxBytes;
-        if (!entry.system && full) {
-          this.#countOverflow(entry.input);
-          overflowTouched = true;
-          results.push(undefined);
-        } else {
-          results.push(put(entry.input, special));
+        try {
+          if (!entry.system && this.#overflow === undefined && meta.bytes >= this.#opts.maxBytes * this.#opts.warnFraction && !meta.quotaWarned) {
+            meta.quotaWarned = true;
+            put({
+              category: 'audit',
+              actor: 'ward-agent',
+              action: JournalActions.quotaWarning,
+              outcome: 'failure',
+              details: { bytes: meta.bytes, maxBytes: this.#opts.maxBytes, warnFraction: this.#opts.warnFraction },
+            });
+            this.#opts.log.warn(
+              { bytes: meta.bytes, maxBytes: this.#opts.maxBytes },
+              'audit journal above its warning threshold: is the controller receipting?',
+            );
+          }
+          const full = this.#overflow !== undefined || meta.bytes >= this.#opts.maxBytes;
+          if (!entry.system && full) {
+            this.#countOverflow(entry.input);
+            overflowTouched = true;
+            results.push({ ok: true, event: undefined });
+          } else {
+            results.push({ ok: true, event: put(entry.input, special) });
+          }
+        } catch (error) {
+          // One unwritable event fails alone; the rest of the group is written.
+          results.push({ ok: false, error });
         }
       }
       if (overflowTouched && this.#overflow) ops.push({ type: 'put', key: OVERFLOW_KEY, value: JSON.stringify(this.#overflow) });
 
       const now = this.#opts.clock.now();
-      let checkpoint: SignedCheckpoint | undefined;
-      const unsealed = meta.seq > meta.sealedSeq;
-      if (
-        unsealed &&
-        (this.#forceCheckpoint ||
-          this.#unsealedBytes >= this.#opts.checkpointBytes ||
-          meta.seq - meta.sealedSeq >= this.#opts.checkpointEvents ||
-          now - meta.lastCheckpointAt >= this.#opts.checkpointIntervalMs)
-      ) {
-        checkpoint = signCheckpoint(this.#opts.key, { chain: meta.chain, seq: meta.seq, head: meta.head, session: meta.session, time: now });
-        const text = JSON.stringify(checkpoint);
-        ops.push({ type: 'put', key: checkpointKey(meta.seq), value: text });
-        meta = { ...meta, sealedSeq: meta.seq, sealedHead: meta.head, lastCheckpointAt: now, bytes: meta.bytes + text.length };
-      }
+      if (meta.seq > meta.sealedSeq && (forced || now - meta.lastCheckpointAt >= this.#opts.checkpointIntervalMs)) sealHere();
       if (ops.length === 0) {
-        this.#forceCheckpoint = false;
-        break;
+        this.#settle(group, results);
+        continue;
       }
       ops.push({ type: 'put', key: META_KEY, value: JSON.stringify(meta) });
       try {
@@ -685,27 +716,30 @@ export class AuditJournal implements AuditSink {
         this.#meta = before;
         this.#overflow = beforeOverflow;
         this.#unsealedBytes = beforeUnsealed;
+        this.#forceCheckpoint ||= forced;
         this.#pending.unshift(...group);
         this.#scheduleRetry(err);
         return;
       }
       this.#meta = meta;
-      if (checkpoint) {
-        this.#unsealedBytes = 0;
-        this.#forceCheckpoint = false;
-      }
       if (this.#writeFailing) {
         this.#writeFailing = false;
         this.#opts.log.info({ seq: meta.seq }, 'audit journal writes again');
       }
       this.#retryDelay = 250;
-      group.forEach((entry, i) => {
-        specials.delete(entry);
-        entry.resolve(results[i]);
-      });
+      this.#settle(group, results);
       if (wrote) this.#emit('event');
-      if (checkpoint) this.#emit('checkpoint');
+      if (checkpoints > 0) this.#emit('checkpoint');
     }
+  }
+
+  #settle(group: readonly Pending[], results: readonly ({ ok: true; event: AuditEvent | undefined } | { ok: false; error: unknown })[]): void {
+    group.forEach((entry, i) => {
+      specials.delete(entry);
+      const result = results[i];
+      if (result?.ok) entry.resolve(result.event);
+      else entry.reject(result?.error ?? new Error('audit event was not processed'));
+    });
   }
 
   /** Room the overflow event needs before it is written: small against the quota, so a tiny quota still recovers. */
@@ -851,6 +885,16 @@ export function readerSource(reader: JournalReader): JournalSource {
   };
 }
 
+/** The only jump in seq a journal makes on purpose: a declared gap after a repair, starting exactly where the numbers stop. */
+function declaresGapFrom(text: string, from: number): boolean {
+  try {
+    const { event } = parseEventText(text);
+    return event.action === JournalActions.gap && (event.details as { from?: unknown } | undefined)?.from === from;
+  } catch {
+    return false;
+  }
+}
+
 /** Pending entries that carry journal-internal instructions (gap position, new session). */
 const specials = new WeakMap<Pending, { gap?: RepairNote; newSession?: number }>();
 
@@ -990,16 +1034,19 @@ async function findDamage(db: Level<string, string>, meta: Meta, key: SigningKey
 }
 
 /** Moves every event and checkpoint from `fromSeq` on under the quarantine prefix. */
-async function quarantineFrom(db: Level<string, string>, fromSeq: number): Promise<{ from: number; to: number }> {
+async function quarantineFrom(db: Level<string, string>, fromSeq: number, everything = false): Promise<{ from: number; to: number }> {
   const ops: Op[] = [];
   let first = Number.POSITIVE_INFINITY;
   let last = fromSeq - 1;
   const stamp = Date.now().toString(36);
-  for (const prefix of [EVENT_PREFIX, CHECKPOINT_PREFIX]) {
+  // A chain given up entirely takes its receipts and its overflow count along: they belong to it.
+  const prefixes = everything ? [EVENT_PREFIX, CHECKPOINT_PREFIX, RECEIPT_PREFIX, OVERFLOW_KEY] : [EVENT_PREFIX, CHECKPOINT_PREFIX];
+  for (const prefix of prefixes) {
     try {
-      for await (const [k, v] of db.iterator({ gte: `${prefix}${seqKey(fromSeq)}`, lt: `${prefix}~` })) {
+      const range = prefix === OVERFLOW_KEY ? { gte: OVERFLOW_KEY, lte: OVERFLOW_KEY } : { gte: `${prefix}${seqKey(fromSeq)}`, lt: `${prefix}~` };
+      for await (const [k, v] of db.iterator(range)) {
         const seq = Number(k.slice(prefix.length));
-        if (Number.isSafeInteger(seq)) {
+        if ((prefix === EVENT_PREFIX || prefix === CHECKPOINT_PREFIX) && Number.isSafeInteger(seq)) {
           first = Math.min(first, seq);
           last = Math.max(last, seq);
         }

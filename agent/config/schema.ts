@@ -127,7 +127,8 @@ export const agentConfigSchema = z
           .number()
           .int()
           .min(16 * 1024)
-          .max(900 * 1024)
+          // JSON-escaped in the batch, this stays under the controller's 1 MiB message limit.
+          .max(400 * 1024)
           .default(256 * 1024),
         receiptTimeoutMs: z.number().int().min(1000).max(600_000).default(15_000),
         /** Catch-up after an outage is paced to this many bytes per second, so it does not crowd out live traffic. */

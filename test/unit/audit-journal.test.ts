@@ -249,3 +249,86 @@ test('a second process cannot open a journal in use (WARD_AUDIT_JOURNAL_BUSY)', 
   const err = await t.throwsAsync(AuditJournal.open({ dir, key, clock: new ManualClock(), log: { info() {}, warn() {}, error() {} } }));
   t.is((err as { code?: string }).code, ErrorCodes.AUDIT_JOURNAL_BUSY);
 });
+
+test('hostile text cannot make an event unwritable: lone surrogates, non-string fields and huge keys are cleaned, record() never throws', async (t) => {
+  const { journal, key } = await openTestJournal(t);
+  const lone = 'bad \ud800 surrogate';
+  journal.record({
+    ...sampleEvent(1),
+    actor: lone,
+    target: `${'x'.repeat(511)}\ud83d\ude00`,
+    code: 42 as unknown as string,
+    details: { [lone]: lone, ['k'.repeat(20_000)]: 1 },
+  });
+  const written = await journal.append({ ...sampleEvent(2), details: { message: `envelope has unknown fields: ${lone}` } });
+  t.truthy(written, 'the event after it is written too');
+  await journal.seal();
+  const events = await journal.readEvents(1);
+  const cleaned = events.find((e) => e.event.actor.startsWith('bad'));
+  t.truthy(cleaned, 'the hostile event was journaled, not dropped');
+  t.is(cleaned?.event.actor, 'bad \ufffd surrogate');
+  t.is(cleaned?.event.code, '42');
+  t.true(Object.keys(cleaned?.event.details ?? {}).every((k) => k.length <= 64));
+  t.true((cleaned?.text.length ?? Number.POSITIVE_INFINITY) <= 8192);
+  t.is((await verifyJournal(journal, key)).status, 'intact');
+});
+
+test('a burst never leaves a checkpoint span larger than one shipped batch', async (t) => {
+  const { journal } = await openTestJournal(t, { checkpointBytes: 64 * 1024, checkpointEvents: 1000, checkpointIntervalMs: 60_000 });
+  await Promise.all(Array.from({ length: 2500 }, (_, i) => journal.append(sampleEvent(i, { details: { i, pad: 'z'.repeat(450) } }))));
+  await journal.seal();
+  let from = 1;
+  let batches = 0;
+  for (let i = 0; i < 1000 && from <= journal.head().seq; i++) {
+    const batch = await journal.batchFrom(from, { maxEvents: 1000, maxBytes: 64 * 1024 });
+    if (batch === undefined) break;
+    const bytes = batch.events.reduce((n, e) => n + e.length, 0);
+    t.true(bytes <= 64 * 1024 + 8192, `batch ${batches} is ${bytes} bytes`);
+    from = batch.checkpoint.payload.seq + 1;
+    batches++;
+  }
+  t.is(from, journal.head().seq + 1, 'every event shipped');
+  t.true(batches >= 15);
+});
+
+test('after a repair the journal still ships: a batch may jump only over the range its gap event declares', async (t) => {
+  const { journal, dir, reopen } = await openTestJournal(t);
+  for (let i = 0; i < 10; i++) await journal.append(sampleEvent(i));
+  await journal.close();
+  const db = new Level<string, string>(dir, { valueEncoding: 'utf8' });
+  await db.del(`e:${'5'.padStart(16, '0')}`);
+  await db.close();
+  const again = await reopen();
+  t.deepEqual(
+    again.status().repairs.map((r) => [r.from, r.to]),
+    [[5, 12]],
+  );
+  await again.seal();
+  const batch = await again.batchFrom(1, { maxEvents: 1000, maxBytes: 1_000_000 });
+  const seqs = (batch?.events ?? []).map((e) => parseEventText(e).event.seq);
+  t.deepEqual(seqs.slice(0, 5), [1, 2, 3, 4, 13], 'the gap event follows seq 4 directly');
+  t.is(batch?.checkpoint.payload.seq, seqs.at(-1));
+});
+
+test('a missing head record sets the whole old chain aside, receipts and overflow count included', async (t) => {
+  const { journal, dir, key, reopen } = await openTestJournal(t);
+  const controller = generateSigningKey();
+  for (let i = 0; i < 5; i++) await journal.append(sampleEvent(i));
+  await journal.seal();
+  const s = journal.status();
+  const head = (await journal.readEvents(s.sealedSeq, 1))[0];
+  await journal.acceptReceipt(receiptFor(controller, 'gw-1', { chain: s.chain, seq: s.sealedSeq, head: head?.hash ?? '' }));
+  await journal.close();
+  const db = new Level<string, string>(dir, { valueEncoding: 'utf8' });
+  await db.del('m:head');
+  await db.close();
+  const again = await reopen();
+  t.not(again.head().chain, s.chain);
+  t.deepEqual(await again.receipts(), [], "the old chain's receipts went with it");
+  t.true((await again.quarantined()).some((q) => q.key.includes(':r:')));
+  const verdict = await verifyJournal(again, key, controller);
+  t.false(
+    verdict.findings.some((f) => f.kind === 'wrong-chain'),
+    JSON.stringify(verdict.findings),
+  );
+});

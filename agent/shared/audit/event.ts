@@ -110,17 +110,40 @@ export function parseEventText(text: string): ParsedEvent {
 const SECRET_FIELD = /pass(word|phrase)?|secret|token|private|seed|authori[sz]ation|cookie|credential|api[-_]?key|otp|pin$/i;
 /** Enrollment and claim codes carry one-time secrets. */
 const SECRET_TEXT = /^WARDC?1:/;
+/** base45 is QR alphanumeric: the code runs until the first character outside that set. */
+const EMBEDDED_CODE = /WARDC?1:[0-9A-Z $%*+./:-]*/g;
 const MAX_STRING = 512;
 const MAX_ARRAY = 32;
 const MAX_KEYS = 48;
+const MAX_KEY_LENGTH = 64;
 const MAX_DEPTH = 4;
+
+/**
+ * Well-formed (lone surrogates replaced: canonical JSON refuses them) and cut
+ * on a code point boundary, so text from the wire can never make an event
+ * unserialisable.
+ */
+function boundedText(value: string, max: number): string {
+  const text = value.toWellFormed();
+  if (text.length <= max) return text;
+  let end = max - 1;
+  const code = text.charCodeAt(end - 1);
+  if (code >= 0xd800 && code <= 0xdbff) end--;
+  return `${text.slice(0, end)}…`;
+}
+
+function cleanText(raw: string): string {
+  // A code quoted inside a message (an error echoing its input) is cut out, not the whole message.
+  const value = raw.includes('WARD') ? raw.replace(EMBEDDED_CODE, '[redacted enrollment code]') : raw;
+  return value.length > MAX_STRING ? `${boundedText(value, MAX_STRING + 1)}(+${value.length - MAX_STRING} chars)` : value.toWellFormed();
+}
 
 function clean(value: unknown, depth: number): unknown {
   if (value === null) return null;
   switch (typeof value) {
     case 'string':
       if (SECRET_TEXT.test(value)) return '[redacted enrollment code]';
-      return value.length > MAX_STRING ? `${value.slice(0, MAX_STRING)}…(+${value.length - MAX_STRING} chars)` : value;
+      return cleanText(value);
     case 'number':
       if (!Number.isFinite(value)) return String(value);
       return Object.is(value, -0) ? 0 : value;
@@ -138,7 +161,7 @@ function clean(value: unknown, depth: number): unknown {
   if (value instanceof Uint8Array) return `[${value.byteLength} bytes]`;
   if (value instanceof Error) {
     const code = (value as { code?: unknown }).code;
-    return { ...(typeof code === 'string' ? { code } : {}), message: clean(value.message, depth + 1) };
+    return { ...(typeof code === 'string' ? { code: boundedText(code, 64) } : {}), message: clean(value.message, depth + 1) };
   }
   if (Array.isArray(value)) {
     const out = value.slice(0, MAX_ARRAY).map((v) => clean(v, depth + 1) ?? null);
@@ -152,12 +175,13 @@ function clean(value: unknown, depth: number): unknown {
       out['…'] = `${Object.keys(value as object).length - MAX_KEYS} more fields`;
       break;
     }
+    const key = boundedText(k, MAX_KEY_LENGTH);
     if (SECRET_FIELD.test(k)) {
-      out[k] = '[redacted]';
+      out[key] = '[redacted]';
     } else {
       const c = clean(v, depth + 1);
       if (c === undefined) continue;
-      out[k] = c;
+      out[key] = c;
     }
     kept++;
   }
@@ -173,22 +197,42 @@ export function sanitizeDetails(details: Readonly<Record<string, unknown>> | und
   return { truncated: true, size, fields: Object.keys(cleaned).slice(0, 20) };
 }
 
-const text = (value: string, max: number) => (value.length > max ? `${value.slice(0, max - 1)}…` : value);
+/** sanitizeInput for paths that must not throw (the log sink): misuse becomes a visible placeholder. */
+export function sanitizeInputLenient(input: AuditEventInput): AuditEventInput {
+  try {
+    return sanitizeInput(input);
+  } catch (err) {
+    return { category: 'audit', actor: 'ward-agent', action: 'audit.invalid-event', outcome: 'failure', details: { error: (err as Error).message } };
+  }
+}
 
-/** The caller's part of an event, cleaned: what the journal adds seq, times and links to. */
+const OUTCOMES: readonly string[] = ['success', 'failure', 'refused'];
+
+function field(value: unknown, max: number): string {
+  const text = typeof value === 'string' ? value : String(value);
+  return SECRET_TEXT.test(text) ? '[redacted]' : boundedText(text, max);
+}
+
+/**
+ * The caller's part of an event, cleaned: what the journal adds seq, times
+ * and links to. Every field is bounded, so a built event always fits
+ * MAX_EVENT_BYTES and always serialises; programmer misuse (unknown
+ * category, outcome or action syntax) is a TypeError.
+ */
 export function sanitizeInput(input: AuditEventInput): AuditEventInput {
   if (!(AUDIT_CATEGORIES as readonly string[]).includes(input.category)) {
     throw new TypeError(`unknown audit category ${JSON.stringify(input.category)}`);
   }
-  if (!ACTION.test(input.action)) throw new TypeError(`audit action ${JSON.stringify(input.action)} must match ${ACTION}`);
+  if (typeof input.action !== 'string' || !ACTION.test(input.action)) throw new TypeError(`audit action ${JSON.stringify(input.action)} must match ${ACTION}`);
+  if (!OUTCOMES.includes(input.outcome)) throw new TypeError(`unknown audit outcome ${JSON.stringify(input.outcome)}`);
   const details = sanitizeDetails(input.details);
   return {
     category: input.category,
-    actor: text(SECRET_TEXT.test(input.actor) ? '[redacted]' : input.actor || 'unknown', 128),
+    actor: field(input.actor || 'unknown', 128),
     action: input.action,
-    ...(input.target !== undefined ? { target: text(SECRET_TEXT.test(input.target) ? '[redacted]' : input.target, 512) } : {}),
+    ...(input.target !== undefined ? { target: field(input.target, 512) } : {}),
     outcome: input.outcome,
-    ...(input.code !== undefined ? { code: text(input.code, 64) } : {}),
+    ...(input.code !== undefined ? { code: field(input.code, 64) } : {}),
     ...(details !== undefined ? { details } : {}),
   };
 }
