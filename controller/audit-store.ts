@@ -15,6 +15,8 @@ export interface AuditHeadRecord {
   /** 1 for the first chain received from this device, +1 per accepted restart. */
   readonly chainIndex: number;
   readonly chain: string;
+  /** Chains this device has left behind (restarts): a batch of one of them is a replay, never a new restart. */
+  readonly pastChains?: readonly string[];
   readonly seq: number;
   readonly head: string;
   readonly session: number;
@@ -45,6 +47,8 @@ export interface AuditStore {
   eventText(deviceId: string, chainIndex: number, seq: number): Promise<string | undefined>;
   /** Events, head and checkpoint in one durable write. */
   commit(head: AuditHeadRecord, events: readonly { seq: number; text: string }[], checkpoint: SignedCheckpoint): Promise<void>;
+  /** Events before the first one held, delivered later (their batch arrived cut short the first time). */
+  backfill(deviceId: string, chainIndex: number, events: readonly { seq: number; text: string }[]): Promise<void>;
   /** Events of one chain from `fromSeq`, ascending. */
   events(deviceId: string, chainIndex: number, fromSeq: number, limit: number): Promise<StoredAuditEvent[]>;
   /** The newest `limit` events of one chain, ascending. */
@@ -100,6 +104,13 @@ export class LevelAuditStore implements AuditStore {
         { type: 'put' as const, key: checkpointKey(d, head.chainIndex, checkpoint.payload.seq), value: JSON.stringify(checkpoint) },
         { type: 'put' as const, key: headKey(d), value: JSON.stringify(head) },
       ],
+      { sync: true },
+    );
+  }
+
+  async backfill(deviceId: string, chainIndex: number, events: readonly { seq: number; text: string }[]) {
+    await this.#db.batch(
+      events.map((e) => ({ type: 'put' as const, key: eventKey(deviceId, chainIndex, e.seq), value: e.text })),
       { sync: true },
     );
   }

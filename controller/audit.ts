@@ -2,7 +2,15 @@ import type { KeyObject } from 'node:crypto';
 import type { AuditSink } from '../agent/core/audit.js';
 import type { Clock } from '../agent/core/clock.js';
 import { describeError, ErrorCodes, WardError, type WardErrorCode } from '../agent/core/errors.js';
-import { type BatchMessage, type ParsedEvent, parseBatch, parseEventText, RECEIPT_TYPE, statementSignatureValid } from '../agent/shared/audit/event.js';
+import {
+  type BatchMessage,
+  JournalActions,
+  type ParsedEvent,
+  parseBatch,
+  parseEventText,
+  RECEIPT_TYPE,
+  statementSignatureValid,
+} from '../agent/shared/audit/event.js';
 import { ChainVerifier, type Finding, type VerifierAnchor } from '../agent/shared/audit/verify.js';
 import { encodeEnvelope, seal } from '../agent/shared/envelope.js';
 import type { SigningKey } from '../agent/shared/keys.js';
@@ -43,10 +51,15 @@ export type BatchOutcome =
   | { readonly outcome: 'broken'; readonly findings: readonly Finding[] };
 
 const MAX_FINDINGS_KEPT = 50;
+const MAX_PAST_CHAINS = 64;
+/** Batches waiting for verification; beyond it new ones are refused (the device resends after its receipt timeout). */
+const MAX_QUEUED = 1000;
 const RECEIPT_TTL_SECONDS = 7 * 24 * 3600;
 
 export class AuditIngest {
   #queue: Promise<unknown> = Promise.resolve();
+  #queued = 0;
+  readonly #refusedBy = new Map<string, number>();
   readonly #listeners = new Set<(deviceId: string, outcome: BatchOutcome) => void>();
   readonly #refusals = new Map<string, number>();
 
@@ -64,9 +77,23 @@ export class AuditIngest {
 
   /** Serialised: a device's batches must be checked against the head the previous one left. */
   handle(deviceId: string, raw: Buffer): Promise<BatchOutcome> {
-    const run = this.#queue.then(() => this.#handle(deviceId, raw));
+    if (this.#queued >= MAX_QUEUED) {
+      this.#count(ErrorCodes.AUDIT_BATCH_INVALID);
+      return Promise.resolve({ outcome: 'refused', code: ErrorCodes.AUDIT_BATCH_INVALID, message: 'audit ingest queue full' });
+    }
+    this.#queued++;
+    const run = this.#queue.then(() => this.#handle(deviceId, raw)).finally(() => this.#queued--);
     this.#queue = run.catch(() => undefined);
     return run;
+  }
+
+  #count(code: string): void {
+    this.#refusals.set(code, (this.#refusals.get(code) ?? 0) + 1);
+  }
+
+  /** Refusals per device since start: counted in memory, since an unauthenticated sender must not cost a disk write. */
+  refusedFor(deviceId: string): number {
+    return this.#refusedBy.get(deviceId) ?? 0;
   }
 
   async #handle(deviceId: string, raw: Buffer): Promise<BatchOutcome> {
@@ -78,7 +105,8 @@ export class AuditIngest {
       outcome = { outcome: 'refused', code, message: (err as Error).message };
     }
     if (outcome.outcome === 'refused') {
-      this.#refusals.set(outcome.code, (this.#refusals.get(outcome.code) ?? 0) + 1);
+      this.#count(outcome.code);
+      if (this.#refusedBy.size < 100_000 || this.#refusedBy.has(deviceId)) this.#refusedBy.set(deviceId, (this.#refusedBy.get(deviceId) ?? 0) + 1);
       this.deps.log.warn({ deviceId, code: outcome.code, err: outcome.message }, 'audit batch refused');
       this.deps.audit.record({
         category: 'request-error',
@@ -89,10 +117,8 @@ export class AuditIngest {
         code: outcome.code,
         details: { message: outcome.message },
       });
-      const head = await this.deps.store.head(deviceId).catch(() => undefined);
-      if (head) await this.deps.store.putHead({ ...head, refused: head.refused + 1 }).catch(() => undefined);
     } else if (outcome.outcome === 'broken') {
-      this.#refusals.set(ErrorCodes.AUDIT_CHAIN_BROKEN, (this.#refusals.get(ErrorCodes.AUDIT_CHAIN_BROKEN) ?? 0) + 1);
+      this.#count(ErrorCodes.AUDIT_CHAIN_BROKEN);
       this.deps.log.error({ deviceId, findings: outcome.findings }, "AUDIT CHAIN BROKEN: the device's signed history contradicts what the controller holds");
       this.deps.audit.record({
         category: 'audit',
@@ -118,41 +144,83 @@ export class AuditIngest {
     if (cp.kid !== deviceKey.kid || !statementSignatureValid(cp, deviceKey.publicKey)) {
       throw new WardError(ErrorCodes.ENVELOPE_BAD_SIGNATURE, `the batch checkpoint is not signed by ${deviceId}'s key`);
     }
+    // From here on every event is the device's own (links inside the batch + its signed checkpoint). But a
+    // genuine batch can still be replayed, or cut to a suffix, by anyone who saw it: only what no copy of a
+    // genuine batch could produce may turn the verdict broken; everything else is refused and changes nothing.
     const events = parseEvents(batch);
     const head = await this.deps.store.head(deviceId);
     const now = this.deps.clock.now();
+    const first = events[0] as ParsedEvent;
 
-    // What the controller already holds must be repeated byte for byte: anything else is a rewritten history.
+    if (head && head.chain !== batch.chain && (head.pastChains ?? []).includes(batch.chain)) {
+      throw new WardError(ErrorCodes.AUDIT_BATCH_INVALID, `chain ${batch.chain} was superseded by chain ${head.chain}: a replay of old evidence`);
+    }
+    if (head && head.chain !== batch.chain && first.event.seq !== 1) {
+      throw new WardError(ErrorCodes.AUDIT_BATCH_INVALID, `a new chain must be shipped from its first event, not from seq ${first.event.seq}`);
+    }
+
     let fresh = events;
+    let backfill: ParsedEvent[] = [];
+    let anchor: VerifierAnchor | undefined = head
+      ? { chain: head.chain, seq: head.seq, head: head.head, session: head.session, mono: head.lastMono }
+      : undefined;
+    const notes: Finding[] = [];
     if (head && head.chain === batch.chain) {
-      const findings: Finding[] = [];
+      // What the controller already holds must be repeated byte for byte: anything else is a rewritten history,
+      // which only the device key could have signed.
       for (const e of events) {
         if (e.event.seq > head.seq) break;
         if (e.event.seq < head.firstSeq) continue;
         const stored = await this.deps.store.eventText(deviceId, head.chainIndex, e.event.seq);
         if (stored !== undefined && stored !== e.text) {
-          findings.push({
-            kind: 'fork',
-            severity: 'error',
-            chain: batch.chain,
-            seq: e.event.seq,
-            message: `seq ${e.event.seq} differs from the event received earlier: the device's history was rewritten after the controller received it`,
-          });
-          break;
+          return this.#broken(
+            head,
+            [
+              {
+                kind: 'fork',
+                severity: 'error',
+                chain: batch.chain,
+                seq: e.event.seq,
+                message: `seq ${e.event.seq} differs from the event received earlier: the device's history was rewritten after the controller received it`,
+              },
+            ],
+            now,
+          );
         }
       }
-      if (findings.length > 0) return this.#broken(head, findings, now);
+      // Events before the first one held (a first batch that arrived cut short): the rest of the batch matched,
+      // and its links carry them, so they are the device's and are kept.
+      backfill = events.filter((e) => e.event.seq < head.firstSeq);
       fresh = events.filter((e) => e.event.seq > head.seq);
+      const lead = fresh[0];
+      if (lead && lead.event.seq > head.seq + 1) {
+        const declared = await this.#declaredLoss(deviceId, head, lead);
+        if (declared === undefined) {
+          throw new WardError(ErrorCodes.AUDIT_BATCH_INVALID, `the batch jumps from seq ${head.seq} held to seq ${lead.event.seq} without declaring the loss`);
+        }
+        anchor = declared.anchor;
+        if (declared.note) notes.push(declared.note);
+      }
       if (fresh.length === 0) {
-        await this.#sendReceipt(deviceId, head.chain, head.seq, head.head);
-        await this.deps.store.putHead({ ...head, duplicates: head.duplicates + 1, lastBatchAt: now });
+        if (backfill.length > 0)
+          await this.deps.store.backfill(
+            head.deviceId,
+            head.chainIndex,
+            backfill.map((e) => ({ seq: e.event.seq, text: e.text })),
+          );
+        const updated = {
+          ...head,
+          firstSeq: Math.min(head.firstSeq, first.event.seq),
+          events: head.events + backfill.length,
+          duplicates: head.duplicates + 1,
+          lastBatchAt: now,
+        };
+        await this.deps.store.putHead(updated);
+        this.#sendReceipt(deviceId, head.chain, head.seq, head.head);
         return { outcome: 'duplicate', seq: head.seq };
       }
     }
 
-    const anchor: VerifierAnchor | undefined = head
-      ? { chain: head.chain, seq: head.seq, head: head.head, session: head.session, mono: head.lastMono }
-      : undefined;
     const verifier = new ChainVerifier({ deviceKey, ...(anchor ? { anchor } : {}) });
     for (const e of fresh) verifier.addEvent(e.text);
     verifier.addCheckpoint(cp);
@@ -168,20 +236,21 @@ export class AuditIngest {
       throw new WardError(ErrorCodes.AUDIT_BATCH_INVALID, `the batch checkpoint (seq ${cp.payload.seq}) does not seal its last event (seq ${last.event.seq})`);
     }
     const restarted = head !== undefined && head.chain !== batch.chain;
-    const notes = verdict.findings.filter((f) => f.severity !== 'info').map((f) => ({ ...f, at: now }));
+    const found = [...notes, ...verdict.findings.filter((f) => f.severity !== 'info')].map((f) => ({ ...f, at: now }));
     const next: AuditHeadRecord = {
       deviceId,
       chainIndex: head ? head.chainIndex + (restarted ? 1 : 0) : 1,
       chain: batch.chain,
+      pastChains: restarted && head ? [...(head.pastChains ?? []), head.chain].slice(-MAX_PAST_CHAINS) : (head?.pastChains ?? []),
       seq: last.event.seq,
       head: last.hash,
       session: last.event.session,
       lastMono: last.event.mono,
-      firstSeq: head && !restarted ? head.firstSeq : (fresh[0] as ParsedEvent).event.seq,
+      firstSeq: head && !restarted ? Math.min(head.firstSeq, first.event.seq) : (fresh[0] as ParsedEvent).event.seq,
       lastCheckpoint: { seq: cp.payload.seq, head: cp.payload.head, time: cp.payload.time },
-      status: head?.status === 'broken' ? 'broken' : notes.length > 0 || head?.status === 'warnings' ? 'warnings' : 'ok',
-      findings: [...notes.reverse(), ...(head?.findings ?? [])].slice(0, MAX_FINDINGS_KEPT),
-      events: (head?.events ?? 0) + fresh.length,
+      status: head?.status === 'broken' ? 'broken' : found.length > 0 || head?.status === 'warnings' ? 'warnings' : 'ok',
+      findings: [...found.reverse(), ...(head?.findings ?? [])].slice(0, MAX_FINDINGS_KEPT),
+      events: (head?.events ?? 0) + fresh.length + backfill.length,
       batches: (head?.batches ?? 0) + 1,
       duplicates: head?.duplicates ?? 0,
       refused: head?.refused ?? 0,
@@ -189,21 +258,52 @@ export class AuditIngest {
     };
     await this.deps.store.commit(
       next,
-      fresh.map((e) => ({ seq: e.event.seq, text: e.text })),
+      [...backfill, ...fresh].map((e) => ({ seq: e.event.seq, text: e.text })),
       cp,
     );
-    if (notes.length > 0) {
+    if (found.length > 0) {
       this.deps.audit.record({
         category: 'audit',
         actor: deviceId,
         action: 'audit.chain-warning',
         target: deviceId,
         outcome: 'success',
-        details: { findings: notes.map((f) => `${f.kind}${f.seq !== undefined ? `@${f.seq}` : ''}: ${f.message}`) },
+        details: { findings: found.map((f) => `${f.kind}${f.seq !== undefined ? `@${f.seq}` : ''}: ${f.message}`) },
       });
     }
-    await this.#sendReceipt(deviceId, next.chain, next.seq, next.head);
+    this.#sendReceipt(deviceId, next.chain, next.seq, next.head);
     return { outcome: 'accepted', seq: next.seq, events: fresh.length };
+  }
+
+  /**
+   * A device that found damage in its own journal declares the lost range in
+   * a signed `audit.gap` linked to its last good event. If the controller
+   * already holds some of those numbers, the chain continues from that last
+   * good event: what the controller holds stays archived, and the loss is a
+   * warning naming both ranges.
+   */
+  async #declaredLoss(deviceId: string, head: AuditHeadRecord, gap: ParsedEvent): Promise<{ anchor: VerifierAnchor; note?: Finding } | undefined> {
+    if (gap.event.action !== JournalActions.gap) return undefined;
+    const from = (gap.event.details as { from?: unknown } | undefined)?.from;
+    const to = (gap.event.details as { to?: unknown } | undefined)?.to;
+    if (typeof from !== 'number' || typeof to !== 'number' || to !== gap.event.seq - 1 || from > head.seq + 1 || from <= head.firstSeq) return undefined;
+    const before = await this.deps.store.eventText(deviceId, head.chainIndex, from - 1);
+    if (before === undefined) return undefined;
+    const parsed = parseEventText(before);
+    if (parsed.hash !== gap.event.prev) return undefined;
+    const anchor = { chain: head.chain, seq: from - 1, head: parsed.hash, session: parsed.event.session, mono: parsed.event.mono };
+    // Declared from right after the head: an ordinary declared gap, which the verifier reports itself.
+    if (from === head.seq + 1) return { anchor };
+    return {
+      anchor,
+      note: {
+        kind: 'declared-gap',
+        severity: 'warning',
+        chain: head.chain,
+        seq: gap.event.seq,
+        message: `the device declared seq ${from}..${to} lost (${String((gap.event.details as { reason?: unknown }).reason ?? 'no reason')}); the controller had already received seq ${from}..${head.seq} of them and keeps them`,
+      },
+    };
   }
 
   async #broken(head: AuditHeadRecord, findings: readonly Finding[], now: number): Promise<BatchOutcome> {
@@ -217,14 +317,13 @@ export class AuditIngest {
     return { outcome: 'broken', findings };
   }
 
-  async #sendReceipt(deviceId: string, chain: string, seq: number, head: string): Promise<void> {
+  /** Not awaited: one slow acknowledgement must not hold up every other device's batches. */
+  #sendReceipt(deviceId: string, chain: string, seq: number, head: string): void {
     const receipt = seal(this.deps.key, { typ: RECEIPT_TYPE, sub: deviceId, chain, seq, head }, { ttlSeconds: RECEIPT_TTL_SECONDS, clock: this.deps.clock });
-    try {
-      await this.deps.publish(topics.auditReceipt(deviceId), encodeEnvelope(receipt), { qos: 1 });
-    } catch (err) {
+    this.deps.publish(topics.auditReceipt(deviceId), encodeEnvelope(receipt), { qos: 1 }).catch((err) => {
       // The device resends the batch when no receipt comes; the duplicate is answered then.
       this.deps.log.warn({ deviceId, seq, err: describeError(err) }, 'audit receipt not published');
-    }
+    });
   }
 }
 

@@ -194,7 +194,9 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         subscriptions: [
           { filter: stateFilter, qos: 1 },
           { filter: filters.repliesFor(replicaId), qos: 1 },
-          { filter: share(filters.allAudit), qos: 1 },
+          // Not shared between replicas: each keeps its own archive and verdict (a shared store would allow sharing);
+          // split across replicas, a device's chain would look full of gaps to each of them.
+          { filter: filters.allAudit, qos: 1 },
           ...(fleet
             ? [
                 { filter: share(filters.enrollRequests), qos: 1 as const },
@@ -325,7 +327,11 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
             ? await auditStore.events(id, chainIndex, query.fromSeq, query.limit)
             : await auditStore.latest(id, chainIndex, query.limit);
         // Only events that verified against a device-signed checkpoint are ever stored here.
-        return { verdict: head, chainIndex, events: stored.map((e) => ({ seq: e.seq, verification: 'verified', event: JSON.parse(e.text) })) };
+        return {
+          verdict: { ...head, refusedSinceStart: auditIngest.refusedFor(id) },
+          chainIndex,
+          events: stored.map((e) => ({ seq: e.seq, verification: 'verified', event: JSON.parse(e.text) })),
+        };
       },
       now: () => clock.now(),
       ...(loopbackHosts(config.api.host) ? { allowedHosts: loopbackHosts(config.api.host) as readonly string[] } : {}),

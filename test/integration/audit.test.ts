@@ -122,7 +122,7 @@ test('on the wire: forged, malformed and tampered batches are refused without to
   const after = await controller.auditStore.head(device.id);
   t.is(after?.status, 'ok', 'nothing an outsider sent changed the verdict');
   t.is(after?.events, before.events, 'no event stored twice or forged in');
-  t.is(after?.refused, before.refused + 3);
+  t.is(controller.auditIngest.refusedFor(device.id), 3, 'refusals are counted (in memory: an outsider must not cost a disk write)');
   t.is(after?.duplicates, before.duplicates + 1);
   const health = await getJson<{ audit: { refused: Record<string, number> } }>(`${controller.apiUrl}/api/health`);
   t.is(health.body.audit.refused.WARD_ENVELOPE_BAD_SIGNATURE, 1);
@@ -235,6 +235,10 @@ test('the agent refuses receipts for another device, for a seq it never sent, or
 test('a wiped journal cannot pass unnoticed: the new chain is accepted only as a signed restart, and the verdict says so', async (t) => {
   const device = await makeDevice(t, 'gw-audit-5');
   const controller = await startTestController(t, { devices: [device] });
+  const spy = await rawClient(t, controller.brokerUrl);
+  const captured: Buffer[] = [];
+  await spy.subscribeAsync(topics.audit(device.id), { qos: 1 });
+  spy.on('message', (_topic, payload) => captured.push(Buffer.from(payload)));
   const first = await staticAgent(t, device, controller, controller.brokerUrl);
   await first.agent.start();
   const last = (await first.agent.journal.append(sampleEvent(1)))?.seq ?? 0;
@@ -246,6 +250,13 @@ test('a wiped journal cannot pass unnoticed: the new chain is accepted only as a
   await second.agent.start();
   const seq = (await second.agent.journal.append(sampleEvent(2)))?.seq ?? 0;
   const after = await untilReceipted(controller, second.agent, seq);
+  // The old chain's first batch, replayed: a restart already happened, so it is old evidence, not a new restart.
+  const oldBatch = await waitFor('old batch captured', () => captured[0]);
+  const replayed = nextOutcome(controller, device.id);
+  const attacker = await rawClient(t, controller.brokerUrl);
+  await attacker.publishAsync(topics.audit(device.id), oldBatch, { qos: 1 });
+  t.like(await replayed, { outcome: 'refused', code: 'WARD_AUDIT_BATCH_INVALID' });
+  t.is((await controller.auditStore.head(device.id))?.chain, after.chain, 'the head stays on the current chain');
   t.is(after.chainIndex, before.chainIndex + 1, 'the old chain stays archived under its own index');
   t.not(after.chain, before.chain);
   t.is(after.status, 'warnings');
@@ -253,4 +264,126 @@ test('a wiped journal cannot pass unnoticed: the new chain is accepted only as a
   t.regex(after.findings[0]?.message ?? '', /new journal/);
   const old = await controller.auditStore.events(device.id, before.chainIndex, 1, 1000);
   t.is(old.length, before.seq, 'nothing of the first chain was lost at the controller');
+});
+
+/** Events the device key signs, continuing from `after` (tests play a device whose journal they control). */
+function continueChain(
+  key: import('../../agent/shared/keys.js').SigningKey,
+  after: { chain: string; seq: number; hash: string; session: number; mono: number },
+  count: number,
+  first?: { seq: number; input: import('../../agent/core/audit.js').AuditEventInput },
+) {
+  const made: ReturnType<typeof makeEvent>[] = [];
+  let prev = after.hash;
+  let seq = after.seq;
+  for (let i = 0; i < count; i++) {
+    const special = i === 0 ? first : undefined;
+    seq = special?.seq ?? seq + 1;
+    const e = makeEvent(
+      { chain: after.chain, seq, prev, session: after.session, boot: 'b', time: Date.now(), mono: after.mono + i + 1 },
+      sanitizeInput(special?.input ?? sampleEvent(seq)),
+    );
+    made.push(e);
+    prev = e.hash;
+  }
+  const batch = (from = 0): BatchMessage => {
+    const part = made.slice(from);
+    const last = part.at(-1);
+    if (last === undefined) throw new Error('empty');
+    return {
+      typ: BATCH_TYPE,
+      v: 1,
+      chain: after.chain,
+      events: part.map((e) => e.text),
+      checkpoint: signCheckpoint(key, { chain: after.chain, seq: last.event.seq, head: last.hash, session: last.event.session, time: Date.now() }),
+    };
+  };
+  return { made, batch };
+}
+
+test('replays and cut-down copies of genuine batches are refused and never break the verdict; a declared loss of held events is a warning', async (t) => {
+  const device = await makeDevice(t, 'gw-audit-6');
+  const controller = await startTestController(t, { devices: [device] });
+  const { agent } = await staticAgent(t, device, controller, controller.brokerUrl);
+  await agent.start();
+  const last = (await agent.journal.append(sampleEvent(1)))?.seq ?? 0;
+  await untilReceipted(controller, agent, last);
+  await agent.stop();
+  const attacker = await rawClient(t, controller.brokerUrl);
+  const send = async (batch: BatchMessage) => {
+    const outcome = nextOutcome(controller, device.id);
+    await attacker.publishAsync(topics.audit(device.id), JSON.stringify(batch), { qos: 1 });
+    return outcome;
+  };
+  const tip = async () => {
+    const head = await controller.auditStore.head(device.id);
+    if (head === undefined) throw new Error('nothing held');
+    const text = await controller.auditStore.eventText(device.id, head.chainIndex, head.seq);
+    const parsed = parseEventText(text ?? '');
+    return { head, after: { chain: head.chain, seq: head.seq, hash: head.head, session: parsed.event.session, mono: parsed.event.mono } };
+  };
+
+  // A suffix of a genuine batch that arrives before the batch itself: refused, then the batch is accepted.
+  const { head: h0, after } = await tip();
+  const next = continueChain(device.key, after, 5);
+  t.like(await send(next.batch(2)), { outcome: 'refused', code: 'WARD_AUDIT_BATCH_INVALID' });
+  t.is((await controller.auditStore.head(device.id))?.status, 'ok');
+  t.like(await send(next.batch()), { outcome: 'accepted', seq: h0.seq + 5 });
+
+  // The device repaired its journal after losing seq (head-1).. it had already shipped: it declares them lost,
+  // linked to its last good event. The controller keeps what it holds and records a warning, not a fork.
+  const { head: h1 } = await tip();
+  const goodText = await controller.auditStore.eventText(device.id, h1.chainIndex, h1.seq - 2);
+  const good = parseEventText(goodText ?? '');
+  const gapTo = h1.seq + 3;
+  const repaired = continueChain(
+    device.key,
+    { chain: h1.chain, seq: h1.seq - 2, hash: good.hash, session: good.event.session, mono: good.event.mono + 10 },
+    2,
+    {
+      seq: gapTo + 1,
+      input: {
+        category: 'audit',
+        actor: 'ward-agent',
+        action: 'audit.gap',
+        outcome: 'failure',
+        details: { from: h1.seq - 1, to: gapTo, reason: 'test damage' },
+      },
+    },
+  );
+  const declared = await send(repaired.batch());
+  t.like(declared, { outcome: 'accepted', seq: gapTo + 2 });
+  const h2 = await controller.auditStore.head(device.id);
+  t.is(h2?.status, 'warnings');
+  t.like(h2?.findings[0], { kind: 'declared-gap' });
+  t.regex(h2?.findings.map((f) => f.message).join('\n') ?? '', /had already received seq/);
+  t.truthy(await controller.auditStore.eventText(device.id, h1.chainIndex, h1.seq), 'the events it already held are kept');
+});
+
+test('a first batch that arrived cut short is completed by the full one, so the agent never prunes what the controller lacks', async (t) => {
+  const device = await makeDevice(t, 'gw-audit-7');
+  const controller = await startTestController(t, { devices: [device] });
+  await waitFor('controller subscribed', () => controller.session.connected, 10_000, 20);
+  const attacker = await rawClient(t, controller.brokerUrl);
+  const chain = 'C'.repeat(22);
+  const start = makeEvent(
+    { chain, seq: 1, prev: GENESIS_PREV, session: 1, boot: 'b', time: Date.now(), mono: 0 },
+    sanitizeInput({ category: 'audit', actor: 'ward-agent', action: 'audit.chain-start', outcome: 'success', details: { reason: 'new journal' } }),
+  );
+  const rest = continueChain(device.key, { chain, seq: 1, hash: start.hash, session: 1, mono: 0 }, 5);
+  const full: BatchMessage = { ...rest.batch(), events: [start.text, ...rest.made.map((e) => e.text)] };
+  const send = async (batch: BatchMessage) => {
+    const outcome = nextOutcome(controller, device.id);
+    await attacker.publishAsync(topics.audit(device.id), JSON.stringify(batch), { qos: 1 });
+    return outcome;
+  };
+  t.like(await send(rest.batch(3)), { outcome: 'accepted' });
+  t.is((await controller.auditStore.head(device.id))?.firstSeq, 5);
+  t.like(await send(full), { outcome: 'duplicate' });
+  const head = await controller.auditStore.head(device.id);
+  t.is(head?.firstSeq, 1, 'the missing start was filled in');
+  t.deepEqual(
+    (await controller.auditStore.events(device.id, 1, 1, 100)).map((e) => e.seq),
+    [1, 2, 3, 4, 5, 6],
+  );
 });
