@@ -145,7 +145,9 @@ export async function verifyExport(lines: AsyncIterable<string> | Iterable<strin
         throw new WardError(ErrorCodes.AUDIT_EXPORT_INVALID, `line ${n}: not a Ward audit export header (${parsed.error.issues[0]?.message})`);
       header = parsed.data;
       const deviceRaw = options.devicePublicKey ?? header.publicKey;
-      const controllerRaw = options.controllerPublicKey ?? header.controllerPublicKey;
+      // Receipts anchor pruned history only under a controller key the operator vouches for: a key from the
+      // file itself would let anyone who cut the front off an export sign their own anchor.
+      const controllerRaw = options.controllerPublicKey;
       verifier = new ChainVerifier({
         deviceKey: { kid: keyIdOf(deviceRaw), publicKey: publicKeyFromRaw(deviceRaw) },
         ...(controllerRaw !== undefined ? { controllerKey: { kid: keyIdOf(controllerRaw), publicKey: publicKeyFromRaw(controllerRaw) } } : {}),

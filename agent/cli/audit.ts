@@ -343,9 +343,11 @@ export interface VerifyCommandOptions {
   readonly deviceKey?: string;
   readonly controllerKey?: string;
   readonly json?: boolean;
+  /** Warnings and a device key taken from the file itself fail too: for evidence, not for a quick look. */
+  readonly strict?: boolean;
 }
 
-/** Returns true when the export verifies (intact, or intact with warnings). */
+/** Returns true when the export verifies (intact, or intact with warnings unless strict). */
 export async function auditVerify(opts: VerifyCommandOptions, io: AuditIo): Promise<boolean> {
   const input = createReadStream(opts.file);
   const lines = boundedLines(input);
@@ -364,7 +366,7 @@ export async function auditVerify(opts: VerifyCommandOptions, io: AuditIo): Prom
     input.destroy();
   }
   const { header, verdict } = result;
-  const ok = verdict.status !== 'broken';
+  const ok = opts.strict ? verdict.status === 'intact' && result.deviceKeySource === 'given' : verdict.status !== 'broken';
   if (opts.json) {
     io.out.write(
       `${JSON.stringify({
@@ -403,7 +405,7 @@ function deviceKeyNote(source: 'given' | 'export-header', headerKid: string, giv
 function controllerKeyNote(source: 'given' | 'export-header' | 'none'): string {
   if (source === 'given') return 'controller key: given on the command line — receipts prove what the controller acknowledged';
   if (source === 'export-header') {
-    return 'controller key: taken from the export itself — receipts prove nothing about the controller; pass --controller-key to check them';
+    return 'controller key: named in the export but not used — receipts count only under a key you give (--controller-key)';
   }
   return 'controller key: none (receipts, if any, are not checked)';
 }

@@ -241,7 +241,8 @@ export function buildProgram(): Command {
     .option('--device-key <key>', "the device's public key (base64url) as the controller knows it; without it the export vouches for itself", parsePublicKey)
     .option('--controller-key <key>', "the controller's public key (base64url), to check its receipts", parsePublicKey)
     .option('--json', 'print the verdict as JSON')
-    .action(async (file: string, opts: { deviceKey?: string; controllerKey?: string; json?: boolean }) => {
+    .option('--strict', 'exit 1 unless INTACT without warnings and checked under --device-key (for evidence)')
+    .action(async (file: string, opts: { deviceKey?: string; controllerKey?: string; json?: boolean; strict?: boolean }) => {
       if (!(await auditVerify({ file, ...opts }, auditIo))) process.exitCode = ExitCode.failure;
     });
 

@@ -132,6 +132,10 @@ test('export jsonl → verify with the device key: INTACT; a tampered copy: BROK
   t.is(verdict.status, 'intact');
   t.is(verdict.deviceKeySource, 'export-header');
   t.is(verdict.controllerKeySource, 'export-header');
+  const strict = await ward(t, ['audit', 'verify', file, '--strict']);
+  t.is(strict.code, 1, 'for evidence, a key taken from the file itself is not enough');
+  const strictOk = await ward(t, ['audit', 'verify', file, '--strict', '--device-key', f.device.key.publicRaw]);
+  t.is(strictOk.code, 0, strictOk.output);
   const human = await ward(t, ['audit', 'verify', file]);
   t.regex(
     human.output,

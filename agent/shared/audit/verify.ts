@@ -128,6 +128,21 @@ export function anchorFromState(state: VerifierState): VerifierAnchor {
   return { chain: state.chain, seq: state.lastSeq, head: state.lastHash, session: state.session, mono: state.lastMono };
 }
 
+/** Text from the file under test goes into findings clipped: a hostile export must not inflate the verdict. */
+const MAX_QUOTED = 200;
+function clip(text: string): string {
+  return text.length > MAX_QUOTED ? `${text.slice(0, MAX_QUOTED)}…(+${text.length - MAX_QUOTED} chars)` : text;
+}
+function quoted(value: unknown): string {
+  let text: string;
+  try {
+    text = JSON.stringify(value) ?? String(value);
+  } catch {
+    text = String(value);
+  }
+  return clip(text);
+}
+
 const DEFAULT_WINDOW = 4096;
 const DEFAULT_MAX_FINDINGS = 1000;
 const MAX_PENDING = 64;
@@ -536,7 +551,7 @@ export class ChainVerifier {
           'warning',
           chain,
           ev.seq,
-          `${range(from, to)} of chain ${chain} (${count(missing, 'event')}) ${missing === 1 ? 'is' : 'are'} missing, declared by the audit.gap event at seq ${ev.seq} (reason: ${JSON.stringify(d.reason)}): the journal knew it lost them; what they recorded is gone, the chain around them is intact`,
+          `${range(from, to)} of chain ${chain} (${count(missing, 'event')}) ${missing === 1 ? 'is' : 'are'} missing, declared by the audit.gap event at seq ${ev.seq} (reason: ${quoted(d.reason)}): the journal knew it lost them; what they recorded is gone, the chain around them is intact`,
         );
       } else if (!this.#malformedExplains(from, to)) {
         const declared =
@@ -571,7 +586,7 @@ export class ChainVerifier {
         'warning',
         ev.chain,
         ev.seq,
-        `a new chain ${ev.chain} starts after ${old}, reason: ${JSON.stringify(reason)}: the journal was restarted; nothing links the two chains, so events the old chain recorded after seq ${cur.lastSeq}, if any, cannot be accounted for`,
+        `a new chain ${ev.chain} starts after ${old}, reason: ${quoted(reason)}: the journal was restarted; nothing links the two chains, so events the old chain recorded after seq ${cur.lastSeq}, if any, cannot be accounted for`,
       );
     } else if (isStart) {
       this.#add(
@@ -750,9 +765,7 @@ export class ChainVerifier {
       const declared = ev.action === JournalActions.sessionStart ? ev.details?.previousSession : undefined;
       if (declared !== before && !lenient) {
         const said =
-          ev.action === JournalActions.sessionStart
-            ? `its audit.session-start names previousSession ${JSON.stringify(declared)}`
-            : 'it is not an audit.session-start';
+          ev.action === JournalActions.sessionStart ? `its audit.session-start names previousSession ${quoted(declared)}` : 'it is not an audit.session-start';
         this.#add(
           'session-unstitched',
           'error',
@@ -806,7 +819,7 @@ export class ChainVerifier {
     } catch {
       // Unreadable text claims nothing.
     }
-    const reason = err instanceof Error ? err.message : String(err);
+    const reason = clip(err instanceof Error ? err.message : String(err));
     const after = this.#cur !== undefined ? ` after seq ${this.#cur.lastSeq}` : '';
     const subject = seq !== undefined ? `the event claiming seq ${seq}` : `an event${after}`;
     this.#add(
