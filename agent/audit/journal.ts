@@ -557,7 +557,8 @@ export class AuditJournal implements AuditSink {
       const entry: Pending = { input, system, resolve, reject };
       if (special) specials.set(entry, special);
       if (!system && this.#pending.length >= this.#opts.maxPendingEvents) {
-        // The disk has been refusing writes for a while: keep counting rather than grow without bound.
+        // The disk has been refusing writes for a while: keep counting rather than grow without bound (the count
+        // lives in memory until the disk takes writes again; a crash before that loses the count, never an event on disk).
         this.#countOverflow(input);
         resolve(undefined);
         return;
