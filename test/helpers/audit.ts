@@ -49,5 +49,5 @@ export async function verifyJournal(journal: AuditJournal, key: SigningKey, cont
   })) {
     lines.push(line);
   }
-  return (await verifyExport(lines, { devicePublicKey: key.publicRaw })).verdict;
+  return (await verifyExport(lines, { devicePublicKey: key.publicRaw, ...(controllerKey ? { controllerPublicKey: controllerKey.publicRaw } : {}) })).verdict;
 }
