@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createReadStream } from 'node:fs';
-import { type FileHandle, open, readFile, rename, rm } from 'node:fs/promises';
+import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { InvalidArgumentError } from 'commander';
@@ -11,13 +11,12 @@ import { JournalReader, readerSource } from '../audit/journal.js';
 import { loadConfigFile } from '../config/load.js';
 import { type AgentConfig, agentConfigSchema } from '../config/schema.js';
 import { describeError, ErrorCodes, isWardError, WardError } from '../core/errors.js';
-import { DEVICE_KEY_FILE } from '../identity/keystore.js';
+import { loadSigningKey } from '../identity/keystore.js';
 import { IdentityStore } from '../identity/store.js';
 import { readRootFile } from '../identity/trust.js';
 import { type AuditEvent, parseEventText } from '../shared/audit/event.js';
 import { describeVerdict } from '../shared/audit/verify.js';
-import { keyIdOf, publicKeyFromRaw, type SigningKey, signingKeyFromPem } from '../shared/keys.js';
-import { fileMode } from '../state/files.js';
+import { keyIdOf, publicKeyFromRaw, type SigningKey } from '../shared/keys.js';
 
 /**
  * `ward audit status|tail|export|verify`: read-only views of the signed
@@ -261,47 +260,20 @@ async function writeChunked(lines: AsyncIterable<string>, write: (chunk: string)
  * header, the identity check); nothing of it is printed but the key id.
  */
 async function readDeviceKey(stateDir: string): Promise<SigningKey> {
-  const path = join(stateDir, DEVICE_KEY_FILE);
-  let mode: number | undefined;
   try {
-    mode = await fileMode(path);
-  } catch (cause) {
-    throw new WardError(
-      ErrorCodes.KEY_UNREADABLE,
-      `device key ${path} cannot be read (${(cause as NodeJS.ErrnoException).code ?? 'error'}): run as the agent's user`,
-      {
-        cause,
-        details: { file: path },
-      },
-    );
-  }
-  if (mode === undefined) {
-    throw new WardError(ErrorCodes.KEY_UNREADABLE, `no device key at ${path}: no agent has run with this state folder (ward audit does not create one)`, {
-      details: { file: path },
-    });
-  }
-  if ((mode & 0o077) !== 0) {
-    throw new WardError(ErrorCodes.KEY_INSECURE_PERMISSIONS, `key file ${path} has mode ${mode.toString(8)}; it must be 600 (chmod 600 ${path})`, {
-      details: { file: path, mode },
-    });
-  }
-  let pem: string;
-  try {
-    pem = await readFile(path, 'utf8');
-  } catch (cause) {
-    throw new WardError(
-      ErrorCodes.KEY_UNREADABLE,
-      `device key ${path} cannot be read (${(cause as NodeJS.ErrnoException).code ?? 'error'}): run as the agent's user`,
-      {
-        cause,
-        details: { file: path },
-      },
-    );
-  }
-  try {
-    return signingKeyFromPem(pem);
-  } catch (cause) {
-    throw new WardError(ErrorCodes.KEY_INVALID, `key file ${path} does not hold an ed25519 private key`, { cause, details: { file: path } });
+    return await loadSigningKey(stateDir);
+  } catch (err) {
+    if (isWardError(err, ErrorCodes.KEY_UNREADABLE) && err.message.startsWith('no key file')) {
+      throw new WardError(
+        ErrorCodes.KEY_UNREADABLE,
+        `no device key at ${String(err.details.file)}: no agent has run with this state folder (ward audit does not create one)`,
+        {
+          cause: err,
+          details: err.details,
+        },
+      );
+    }
+    throw err;
   }
 }
 

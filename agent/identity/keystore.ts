@@ -16,12 +16,30 @@ export const DEVICE_KEY_FILE = 'device-key.pem';
 export async function loadOrCreateSigningKey(dir: string, fileName = DEVICE_KEY_FILE): Promise<{ key: SigningKey; created: boolean }> {
   await ensurePrivateDir(dir);
   const path = join(dir, fileName);
-  const mode = await fileMode(path);
-  if (mode === undefined) {
+  if ((await fileMode(path)) === undefined) {
     const key = generateSigningKey();
     await writeFileAtomic(path, privateKeyToPem(key), 0o600);
     return { key, created: true };
   }
+  return { key: await loadSigningKey(dir, fileName), created: false };
+}
+
+/**
+ * The existing key, never a new one: for tools that must not mint an
+ * identity by accident (`ward audit`). WARD_KEY_UNREADABLE when absent.
+ */
+export async function loadSigningKey(dir: string, fileName = DEVICE_KEY_FILE): Promise<SigningKey> {
+  const path = join(dir, fileName);
+  let mode: number | undefined;
+  try {
+    mode = await fileMode(path);
+  } catch (cause) {
+    throw new WardError(ErrorCodes.KEY_UNREADABLE, `key file ${path} cannot be read (${(cause as NodeJS.ErrnoException).code ?? 'error'})`, {
+      cause,
+      details: { file: path },
+    });
+  }
+  if (mode === undefined) throw new WardError(ErrorCodes.KEY_UNREADABLE, `no key file at ${path}`, { details: { file: path } });
   if ((mode & 0o077) !== 0) {
     throw new WardError(ErrorCodes.KEY_INSECURE_PERMISSIONS, `key file ${path} has mode ${mode.toString(8)}; it must be 600 (chmod 600 ${path})`, {
       details: { file: path, mode },
@@ -34,7 +52,7 @@ export async function loadOrCreateSigningKey(dir: string, fileName = DEVICE_KEY_
     throw new WardError(ErrorCodes.KEY_UNREADABLE, `key file ${path} cannot be read`, { cause, details: { file: path } });
   }
   try {
-    return { key: signingKeyFromPem(pem), created: false };
+    return signingKeyFromPem(pem);
   } catch (cause) {
     throw new WardError(ErrorCodes.KEY_INVALID, `key file ${path} does not hold an ed25519 private key`, { cause, details: { file: path } });
   }
