@@ -71,6 +71,12 @@ for (const target of Object.keys(RUNNERS)) {
     t.deepEqual(online.plugins, ['sim']);
     const ping = await getJson<{ result: { pong: boolean } }>(`${controller.apiUrl}/api/devices/${device.id}/ping`, { method: 'POST' });
     t.true(ping.body.result?.pong);
+    // The signed audit journal runs inside the binary too: its events reach the controller and verify.
+    const audited = await waitFor(`${target} audit events verified`, async () => {
+      const head = await controller.auditStore.head(device.id);
+      return head && head.events >= 3 ? head : undefined;
+    });
+    t.is(audited.status, 'ok', JSON.stringify(audited.findings));
     agent.child.kill('SIGTERM');
     t.is(await agent.exited, 0, agent.output().slice(-2000));
     const stopped = await waitFor('clean shutdown reported', async () => {
