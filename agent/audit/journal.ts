@@ -1081,7 +1081,16 @@ async function openDatabase(dir: string, log: JournalLog): Promise<{ db: Level<s
         details: { dir },
       });
     }
-    log.error({ dir, err: message }, 'audit journal cannot be opened: trying LevelDB repair');
+    // Only damage is repaired: a full, read-only or unreadable disk is not the journal's fault, and "repairing"
+    // (or moving aside) a healthy journal there would break its chain for nothing.
+    if (!/corrupt/i.test(message)) {
+      throw new WardError(ErrorCodes.AUDIT_JOURNAL_WRITE_FAILED, `the audit journal ${dir} cannot be opened: ${message}`, {
+        cause,
+        retryable: true,
+        details: { dir },
+      });
+    }
+    log.error({ dir, err: message }, 'audit journal damaged: trying LevelDB repair');
     try {
       // `level` re-exports classic-level's class, whose static repair() its typings do not declare.
       await (Level as unknown as { repair(location: string): Promise<void> }).repair(dir);
