@@ -310,6 +310,17 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   let stopping = false;
   let provisioning: Promise<string> | undefined;
 
+  // What enrollment and renewal share: the trust anchor, the keys, where the identity lives, and who hears about it.
+  const enrollmentBase = {
+    key,
+    store: identityStore,
+    clock,
+    audit,
+    log: logger.child({ area: 'enrollment' }),
+    agentVersion: WARD_VERSION,
+    timeoutMs: config.provisioning.timeoutMs,
+  };
+
   const provisionContext = (): ProvisionContext => {
     if (root === undefined) {
       throw new WardError(
@@ -318,18 +329,12 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       );
     }
     return {
+      ...enrollmentBase,
       root,
-      key,
-      store: identityStore,
-      clock,
-      audit,
-      log: logger.child({ area: 'enrollment' }),
-      agentVersion: WARD_VERSION,
       transition: advance,
       expectSite: config.provisioning.site,
       expectLine: config.provisioning.line,
       deviceId: config.provisioning.deviceId,
-      timeoutMs: config.provisioning.timeoutMs,
     };
   };
 
@@ -381,17 +386,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   const renewOnce = async () => {
     const current = identity;
     if (current === undefined || root === undefined) throw new WardError(ErrorCodes.IDENTITY_NOT_PROVISIONED, 'nothing to renew: the gateway is not enrolled');
-    const loaded = await renewIdentity({
-      identity: current,
-      root,
-      key,
-      store: identityStore,
-      clock,
-      audit,
-      log: logger.child({ area: 'enrollment' }),
-      agentVersion: WARD_VERSION,
-      timeoutMs: config.provisioning.timeoutMs,
-    });
+    const loaded = await renewIdentity({ ...enrollmentBase, identity: current, root });
     await switchIdentity(loaded);
   };
 

@@ -5,6 +5,7 @@ import {
   JournalActions,
   type ParsedEvent,
   parseEventText,
+  type SignedStatement,
   signedCheckpoint,
   signedReceipt,
   statementSignatureValid,
@@ -299,26 +300,7 @@ export class ChainVerifier {
     }
     const cp = result.data;
     const p = cp.payload;
-    if (cp.kid !== this.#deviceKey.kid) {
-      this.#add(
-        'bad-signature',
-        'error',
-        p.chain,
-        p.seq,
-        `the checkpoint for seq ${p.seq} names key ${cp.kid}, not the device key ${this.#deviceKey.kid}: it is forged or from another device, and is ignored`,
-      );
-      return;
-    }
-    if (!statementSignatureValid(cp, this.#deviceKey.publicKey)) {
-      this.#add(
-        'bad-signature',
-        'error',
-        p.chain,
-        p.seq,
-        `the checkpoint for seq ${p.seq} does not carry a valid device signature: it was altered or forged, and is ignored`,
-      );
-      return;
-    }
+    if (!this.#signedBy(cp, this.#deviceKey, 'checkpoint', 'device', p)) return;
     this.#statement({ type: 'checkpoint', chain: p.chain, seq: p.seq, head: p.head, time: p.time });
   }
 
@@ -353,27 +335,39 @@ export class ChainVerifier {
       }
       return;
     }
-    if (receipt.kid !== key.kid) {
-      this.#add(
-        'bad-signature',
-        'error',
-        p.chain,
-        p.seq,
-        `the receipt for seq ${p.seq} names key ${receipt.kid}, not the controller key ${key.kid}: it is forged or from another controller, and is ignored`,
-      );
-      return;
-    }
-    if (!statementSignatureValid(receipt, key.publicKey)) {
-      this.#add(
-        'bad-signature',
-        'error',
-        p.chain,
-        p.seq,
-        `the receipt for seq ${p.seq} does not carry a valid controller signature: it was altered or forged, and is ignored`,
-      );
-      return;
-    }
+    if (!this.#signedBy(receipt, key, 'receipt', 'controller', p)) return;
     this.#statement({ type: 'receipt', chain: p.chain, seq: p.seq, head: p.head, time: p.iat * 1000 });
+  }
+
+  /** One check for both kinds of statement: the named key, then its signature; a finding and false when either fails. */
+  #signedBy(
+    statement: SignedStatement<unknown>,
+    key: { readonly kid: string; readonly publicKey: KeyObject },
+    what: 'checkpoint' | 'receipt',
+    owner: 'device' | 'controller',
+    p: { readonly chain: string; readonly seq: number },
+  ): boolean {
+    if (statement.kid !== key.kid) {
+      this.#add(
+        'bad-signature',
+        'error',
+        p.chain,
+        p.seq,
+        `the ${what} for seq ${p.seq} names key ${statement.kid}, not the ${owner} key ${key.kid}: it is forged or from another ${owner}, and is ignored`,
+      );
+      return false;
+    }
+    if (!statementSignatureValid(statement, key.publicKey)) {
+      this.#add(
+        'bad-signature',
+        'error',
+        p.chain,
+        p.seq,
+        `the ${what} for seq ${p.seq} does not carry a valid ${owner} signature: it was altered or forged, and is ignored`,
+      );
+      return false;
+    }
+    return true;
   }
 
   state(): VerifierState | undefined {
