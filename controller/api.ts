@@ -274,6 +274,8 @@ function publicView(d: DeviceRecord, nowMs: number): Record<string, unknown> {
   return {
     id: d.id,
     kid: d.kid,
+    // Public, and what an auditor passes to `ward audit verify --device-key`: the controller vouches for it.
+    publicKey: d.publicKey,
     online: d.online && !stale,
     stale,
     lifecycle: d.lifecycle ?? null,

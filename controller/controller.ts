@@ -309,6 +309,8 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
           status: session.connected ? 'ok' : 'degraded',
           version: WARD_VERSION,
           replicaId,
+          // The key that signs receipts and commands: `ward audit verify --controller-key`.
+          publicKey: key.publicRaw,
           uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
           broker: { url: brokerUrl, connected: session.connected, protocol: session.protocol, embedded: broker !== undefined, sharedGroup: group },
           devices: { total: devices.length, online: devices.filter((d) => isLive(d, clock.now())).length },

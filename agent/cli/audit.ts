@@ -106,6 +106,13 @@ export async function auditTail(opts: { config: string; lines: number; json?: bo
     if (reader.snapshotOf !== undefined) io.err.write(SNAPSHOT_NOTE);
     const events = await reader.tail(opts.lines);
     io.out.write(events.map((p) => `${opts.json ? p.text : toTextLine(p.event)}\n`).join(''));
+    // The gateway keeps only what the controller has not acknowledged yet: say where the rest is.
+    const receipted = reader.meta.receipted;
+    if (events.length < opts.lines && receipted !== null) {
+      io.err.write(
+        `note: events up to seq ${receipted.seq} were acknowledged by the controller and pruned here; the controller keeps them (GET /api/devices/<id>/audit)\n`,
+      );
+    }
   });
 }
 
