@@ -332,3 +332,20 @@ test('a missing head record sets the whole old chain aside, receipts and overflo
     JSON.stringify(verdict.findings),
   );
 });
+
+test('a journal whose every event was acknowledged and pruned exports as intact, anchored by its newest receipt', async (t) => {
+  const { journal, key } = await openTestJournal(t);
+  const controller = generateSigningKey();
+  for (let i = 0; i < 5; i++) await journal.append(sampleEvent(i));
+  const first = await journal.seal();
+  const firstHead = (await journal.readEvents(first?.payload.seq ?? 0, 1))[0];
+  await journal.acceptReceipt(receiptFor(controller, 'gw-1', { chain: journal.head().chain, seq: first?.payload.seq ?? 0, head: firstHead?.hash ?? '' }));
+  await journal.append(sampleEvent(6));
+  const second = await journal.seal();
+  const secondHead = (await journal.readEvents(second?.payload.seq ?? 0, 1))[0];
+  await journal.acceptReceipt(receiptFor(controller, 'gw-1', { chain: journal.head().chain, seq: second?.payload.seq ?? 0, head: secondHead?.hash ?? '' }));
+  t.deepEqual(await journal.readEvents(1), [], 'nothing held');
+  const verdict = await verifyJournal(journal, key, controller);
+  t.is(verdict.status, 'intact', JSON.stringify(verdict.findings));
+  t.is(verdict.events, 0);
+});

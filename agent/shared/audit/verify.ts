@@ -405,6 +405,17 @@ export class ChainVerifier {
       const cur = this.#seedAnchor(this.#optionAnchor);
       this.#resolvePending(cur.record.chain, cur.lastSeq);
     }
+    if (!this.#started) {
+      // No event at all, only receipts: a journal whose every event the controller acknowledged and that was then
+      // pruned. The newest receipt is where it stands; a checkpoint beyond it would still show a cut tail.
+      let newest: Statement | undefined;
+      for (const st of this.#pending) if (st.type === 'receipt' && (newest === undefined || st.seq > newest.seq)) newest = st;
+      if (newest !== undefined) {
+        this.#started = true;
+        this.#seedAnchor({ chain: newest.chain, seq: newest.seq, head: newest.head, session: 0 });
+        this.#resolvePending(newest.chain, newest.seq);
+      }
+    }
     const truncated = new Map<string, { record: ChainRecord; seq: number; type: Statement['type']; others: number }>();
     for (const s of this.#pending) {
       const record = this.#chains.get(s.chain);
