@@ -12,11 +12,13 @@ import { AuditShipper } from './audit/shipper.js';
 import { logAuditSink } from './audit-log.js';
 import { type AgentConfig, type HardwareConfig, mqttSchema } from './config/schema.js';
 import { ControlLink } from './control/link.js';
+import { LocalControl } from './control/local.js';
 import { VersionCounter } from './control/version-counter.js';
 import { type AuditSink, teeAudit } from './core/audit.js';
 import { type Clock, systemClock } from './core/clock.js';
 import { describeError, ErrorCodes, WardError } from './core/errors.js';
 import { Lifecycle, type LifecycleEvent, nextState } from './core/lifecycle.js';
+import { EnforceService } from './enforce/service.js';
 import { fetchClaimedBundle, loadOrCreateClaim } from './identity/claim.js';
 import { loadOrCreateSigningKey } from './identity/keystore.js';
 import { deriveDeviceId, type ProvisionContext, provision } from './identity/provision.js';
@@ -72,6 +74,8 @@ export interface Agent {
   readonly journal: AuditJournal;
   /** Ships the journal while a link exists. */
   readonly shipper: AuditShipper | undefined;
+  /** Micro-segmentation: the policy in force, its kernel ruleset and the denied-flow reporter. */
+  readonly enforce: EnforceService;
   /** What a scan does: a bundle text or a camera frame. Resolves once the gateway is enrolled and its link started. */
   provision(input: string | Uint8Array): Promise<string>;
   /** Renews the client certificate now (normally done on a timer). */
@@ -206,6 +210,35 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     logger.info({ chain: s.chain, seq: s.seq, session: s.session, receipted: s.receipted?.seq ?? 0, repairs: s.repairs }, 'audit journal open');
   }
   journal = openedJournal;
+  let enforce: EnforceService;
+  try {
+    enforce = await EnforceService.open({ config: config.enforce, stateDir: config.stateDir, board, audit, log: logger.child({ area: 'enforce' }), clock });
+  } catch (err) {
+    await openedJournal.close();
+    throw err;
+  }
+  const local = new LocalControl({ path: join(config.stateDir, 'agent.sock'), enforce, log: logger.child({ area: 'local-control' }) });
+  let failsafeTimer: NodeJS.Timeout | undefined;
+  // Fail mode (policy failMode: safe): a controller silent for too long gets the line onto its safe flows.
+  const watchController = (connected: boolean) => {
+    clearTimeout(failsafeTimer);
+    failsafeTimer = undefined;
+    if (connected) {
+      void enforce.enforcer.leaveFailsafe('controller reachable again').catch((err) => logger.error({ err: describeError(err) }, 'leaving fail-safe failed'));
+      return;
+    }
+    const failMode = (enforce.enforcer.active?.policy as { failMode?: { kind?: string; afterSeconds?: number } } | undefined)?.failMode;
+    if (failMode?.kind !== 'safe') return;
+    failsafeTimer = setTimeout(
+      () => {
+        void enforce.enforcer
+          .enterFailsafe(`controller unreachable for ${failMode.afterSeconds} s`)
+          .catch((err) => logger.error({ err: describeError(err) }, 'entering fail-safe failed'));
+      },
+      (failMode.afterSeconds ?? 86_400) * 1000,
+    );
+    failsafeTimer.unref();
+  };
   const shippers = new WeakMap<ControlLink, AuditShipper>();
   const linkFor = (id: LoadedIdentity) =>
     buildLink(
@@ -235,6 +268,9 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       replay: new MemoryReplayCache(),
     });
     const versions = await VersionCounter.open(config.stateDir, () => clock.now());
+    enforce.setController(deviceId, controllerPublicKey);
+    // In arrival order: each policy is checked against the version the previous one left.
+    let policyQueue: Promise<unknown> = Promise.resolve();
     let rpc: RpcServer | undefined;
     let controlLink: ControlLink | undefined;
     const shipper = new AuditShipper({
@@ -278,8 +314,19 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
           });
         });
       },
-      handlers: new Map([[topics.auditReceipt(deviceId), (payload: Buffer) => void shipper.handleReceipt(payload)]]),
-      onConnectionChange: (connected) => shipper.setConnected(connected),
+      handlers: new Map([
+        [topics.auditReceipt(deviceId), (payload: Buffer) => void shipper.handleReceipt(payload)],
+        [
+          topics.policy(deviceId),
+          (payload: Buffer) => {
+            policyQueue = policyQueue.then(() => enforce.receive(payload)).catch((err) => logger.error({ err: describeError(err) }, 'policy handling failed'));
+          },
+        ],
+      ]),
+      onConnectionChange: (connected) => {
+        shipper.setConnected(connected);
+        watchController(connected);
+      },
       log: logger.child({ area: 'control' }),
     });
     rpc = new RpcServer({ deviceId, key, verifier, publish: controlLink.publish, clock });
@@ -292,6 +339,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       protocol: link.protocol,
       board: { id: board.profile.id, model: board.model, ports: board.ports, tpm: board.tpm },
       audit: { journal: openedJournal.status(), shipper: shipper.status() },
+      enforce: { version: enforce.enforcer.active?.version ?? null, tag: enforce.enforcer.active?.tag ?? null, learning: enforce.enforcer.learning ?? null },
     }));
     return link;
   }
@@ -485,6 +533,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     get shipper() {
       return link ? shippers.get(link) : undefined;
     },
+    enforce,
     provision: (input) => {
       if (provisioning) return Promise.reject(new WardError(ErrorCodes.ENROLL_REFUSED, 'an enrollment is already in progress'));
       provisioning = doProvision(input);
@@ -511,8 +560,12 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       } else if (lifecycle.state !== 'unprovisioned') {
         await advance('factory-reset', `no identity in ${identityStore.dir}`);
       }
+      // Before the link: the kernel rules must be back in force before anything else happens after a reboot.
+      await enforce.start();
+      await local.start().catch((err) => logger.warn({ err: describeError(err) }, 'local control socket not available; ward enforce acts directly'));
       await plugins.start();
       await link?.start();
+      if (link === undefined) watchController(false);
       if (hw.scanner) void consumeScans(hw.scanner).catch((err) => logger.warn({ err: describeError(err) }, 'scanner input ended'));
       const claimBroker = config.provisioning.claimBroker;
       if (claimBroker !== undefined && root !== undefined && !staticIdentity && identity === undefined) {
@@ -539,6 +592,9 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       await hw.scanner?.close();
       if (link) await shippers.get(link)?.stop();
       await link?.stop();
+      clearTimeout(failsafeTimer);
+      await local.stop();
+      await enforce.stop();
       const failures = await plugins.stop();
       for (const f of failures) logger.warn(f, 'plugin failed to stop cleanly');
       audit.record({ category: 'control-system', actor: 'ward-agent', action: 'agent.stop', outcome: 'success', details: { lifecycle: lifecycle.state } });

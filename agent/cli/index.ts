@@ -12,6 +12,17 @@ import { buildAgent } from '../system.js';
 import { WARD_VERSION } from '../version.js';
 import { auditExport, auditStatus, auditTail, auditVerify, EXPORT_FORMATS, type ExportFormat, parsePublicKey, parseSince } from './audit.js';
 import { runDev } from './dev.js';
+import {
+  enforceApply,
+  enforceCheck,
+  enforceDiff,
+  enforceFailsafe,
+  enforceLearn,
+  enforcePropose,
+  enforceRollback,
+  enforceStatus,
+  parseLearnDuration,
+} from './enforce.js';
 import { enrollCode, fleetCertify, fleetInit, fleetShow, identityQr, identityReset, identityShow, provisionCommand } from './identity.js';
 import { ExitCode, fatal, runUntilSignal } from './run.js';
 
@@ -194,6 +205,62 @@ export function buildProgram(): Command {
     .action(async (opts: { config: string; yes?: boolean }) => {
       await identityReset(opts, process.stdout);
     });
+
+  const enforce = program.command('enforce').description('micro-segmentation: the policy in force on this gateway and its nftables ruleset');
+  const enforceIo = { out: process.stdout, err: process.stderr };
+  const asOption = ['--as <name>', 'operator name recorded in the audit event (default $SUDO_USER or $USER)'] as const;
+  enforce
+    .command('status')
+    .description('the policy in force, whether the kernel holds it, zone modes and per-flow counters')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('--json', 'print one JSON object')
+    .action((opts: { config: string; json?: boolean }) => enforceStatus(opts, enforceIo));
+  enforce
+    .command('diff')
+    .description('unified diff of the nftables ruleset: in force vs a candidate policy (--policy), or what the last change did')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('--policy <file>', 'candidate policy (YAML or JSON)')
+    .action((opts: { config: string; policy?: string }) => enforceDiff(opts, enforceIo));
+  enforce
+    .command('apply')
+    .description("apply a local policy file now (an operator override; the controller's next version replaces it)")
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .requiredOption('--policy <file>', 'policy file (YAML or JSON)')
+    .option('--force', 'apply even if the management uplink would be locked out')
+    .option(...asOption)
+    .action((opts: { config: string; policy: string; force?: boolean; as?: string }) => enforceApply(opts, enforceIo));
+  enforce
+    .command('rollback')
+    .description('return to the ruleset applied before the current one')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option(...asOption)
+    .action((opts: { config: string; as?: string }) => enforceRollback(opts, enforceIo));
+  enforce
+    .command('learn')
+    .description('record every new connection per zone pair for a while, for ward enforce propose')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('--for <duration>', 'how long: 30m, 24h, up to 7d', parseLearnDuration)
+    .option('--stop', 'stop learning now')
+    .option(...asOption)
+    .action((opts: { config: string; for?: number; stop?: boolean; as?: string }) => enforceLearn(opts, enforceIo));
+  enforce
+    .command('propose')
+    .description('print a least-privilege policy proposal from what learn mode saw (a valid policy file, in observe mode)')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('-o, --output <file>', 'write to this file (mode 0600) instead of stdout')
+    .action((opts: { config: string; output?: string }) => enforcePropose(opts, enforceIo));
+  enforce
+    .command('failsafe')
+    .description("load the policy's safe flows (failMode safe); systemd runs this when the agent dies")
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('--leave', 'back to the full active policy')
+    .option(...asOption)
+    .action((opts: { config: string; leave?: boolean; as?: string }) => enforceFailsafe(opts, enforceIo));
+  enforce
+    .command('check')
+    .description('validate a policy file offline (every problem listed)')
+    .requiredOption('--policy <file>', 'policy file (YAML or JSON)')
+    .action((opts: { policy: string }) => enforceCheck(opts, enforceIo));
 
   const audit = program.command('audit').description("the gateway's signed audit journal (read-only; works while the agent runs)");
   const auditIo = { out: process.stdout, err: process.stderr };

@@ -147,6 +147,56 @@ export const agentConfigSchema = z
         receiptTimeoutMs: 15_000,
         catchupBytesPerSecond: 256 * 1024,
       }),
+    /** Micro-segmentation (DESIGN.md §6): where the policy's board ports are and how the gateway forwards. */
+    enforce: z
+      .strictObject({
+        /** routed: the gateway routes between its ports; bridge: bump-in-the-wire, PLCs keep their addresses. */
+        mode: z.enum(['routed', 'bridge']).default('routed'),
+        /** Bridge mode: the bridge the ports are enslaved to. */
+        bridge: z
+          .string()
+          .regex(/^[A-Za-z0-9_.-]{1,15}$/)
+          .default('br0'),
+        /** Board port → interface, overriding detection (e.g. { PLC1: enx00e04c680001 }). */
+        interfaces: z.record(z.string().regex(/^(UPLINK|PLC[0-9]{1,2}|ETH[0-9]{1,2})$/), z.string().regex(/^[A-Za-z0-9_.:@-]{1,15}$/)).default({}),
+        /** Run nft inside this network namespace (tests, `ward dev`); absent on a gateway. */
+        netns: z
+          .string()
+          .regex(/^[A-Za-z0-9_.-]{1,64}$/)
+          .optional(),
+        nft: z.string().min(1).default('nft'),
+        /**
+         * Traffic to the gateway that a policy must not block (a policy that would is refused unless forced).
+         * Default: SSH on the uplink from somewhere.
+         */
+        management: z
+          .array(
+            z.strictObject({
+              port: z.string().regex(/^(UPLINK|PLC[0-9]{1,2}|ETH[0-9]{1,2})$/),
+              service: z.string().regex(/^(?:(tcp|udp)\/[0-9]{1,5}|icmp)$/),
+              from: z
+                .string()
+                .regex(/^[0-9]{1,3}(\.[0-9]{1,3}){3}$/)
+                .optional(),
+            }),
+          )
+          .default([{ port: 'UPLINK', service: 'tcp/22' }]),
+        /** How often the kernel's denied/learned flow sets are read. */
+        pollSeconds: z.number().int().min(1).max(3600).default(10),
+        /** At most one denied-flow event per connection tuple this often. */
+        reportEverySeconds: z.number().int().min(1).max(86_400).default(60),
+        maxEventsPerReport: z.number().int().min(1).max(10_000).default(50),
+      })
+      .default({
+        mode: 'routed',
+        bridge: 'br0',
+        interfaces: {},
+        nft: 'nft',
+        management: [{ port: 'UPLINK', service: 'tcp/22' }],
+        pollSeconds: 10,
+        reportEverySeconds: 60,
+        maxEventsPerReport: 50,
+      }),
     log: z
       .strictObject({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

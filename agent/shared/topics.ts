@@ -26,6 +26,8 @@ export const topics = {
   audit: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/audit`,
   /** Signed receipts, controller → agent (QoS 1). */
   auditReceipt: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/audit/receipt`,
+  /** The signed segmentation policy, controller → agent, retained (QoS 1). */
+  policy: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/policy`,
 } as const;
 
 /**

@@ -1,0 +1,547 @@
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createTwoFilesPatch } from 'diff';
+import { z } from 'zod';
+import type { AuditSink } from '../core/audit.js';
+import { type Clock, systemClock } from '../core/clock.js';
+import { describeError, ErrorCodes, isWardError, WardError } from '../core/errors.js';
+import type { Logger } from '../log.js';
+import { checkPolicy, type Mode, parseService, type ValidatedPolicy, type ValidationContext } from '../shared/policy/model.js';
+import { ensurePrivateDir, readJsonFile, writeFileAtomic } from '../state/files.js';
+import { type Ruleset, renderRuleset } from './compile.js';
+import type { Nft, WardTables } from './nft.js';
+import { type Binding, buildPlan, evaluate, type Plan, zoneOfPort } from './plan.js';
+
+/**
+ * Puts a policy into the kernel and keeps it there (DESIGN.md §6).
+ *
+ * Apply = compile → lockout check → one `nft -f` transaction → read the
+ * kernel back (table tag and rule count) → persist. A refused load changes
+ * nothing; a failed read-back reloads the previous ruleset. The last two
+ * applied rulesets are kept on disk (0600, in the state folder), so a
+ * rollback needs neither the controller nor a compiler, and a reboot (which
+ * empties the kernel's tables) is healed at agent start from the same file.
+ * An agent restart finds its tag in the kernel and leaves the rules alone.
+ */
+export interface ManagementRequirement {
+  /** Board port the management traffic arrives on. */
+  readonly port: string;
+  /** `tcp/22`. */
+  readonly service: string;
+  /** A management station's address; when absent, some source must be allowed. */
+  readonly from?: string | undefined;
+}
+
+export interface EnforcerOptions {
+  readonly nft: Nft;
+  /** `<stateDir>/enforce`. */
+  readonly dir: string;
+  readonly binding: Binding;
+  readonly audit: AuditSink;
+  readonly log: Logger;
+  readonly clock?: Clock;
+  readonly management?: readonly ManagementRequirement[];
+  /** What policies are checked against here (ports this gateway has, plugin operations). */
+  readonly context?: ValidationContext;
+}
+
+const activeRecord = z.strictObject({
+  version: z.number().int().nonnegative(),
+  source: z.enum(['controller', 'operator']),
+  actor: z.string(),
+  policy: z.record(z.string(), z.unknown()),
+  policyDigest: z.string(),
+  tag: z.string(),
+  rulesetDigest: z.string(),
+  appliedAt: z.number().int(),
+  forced: z.boolean(),
+  /** The controller's signed envelope, as received (attestation measures it). */
+  envelope: z.string().optional(),
+});
+export type ActiveRecord = z.infer<typeof activeRecord>;
+
+const learnRecord = z.strictObject({ since: z.number().int(), until: z.number().int() });
+export type LearnRecord = z.infer<typeof learnRecord>;
+
+export interface ApplyRequest {
+  readonly validated: ValidatedPolicy;
+  readonly version: number;
+  readonly source: ActiveRecord['source'];
+  /** Who asked: 'controller', or the operator's name at the line. */
+  readonly actor: string;
+  readonly envelope?: string;
+  /** Apply even if the management uplink would be locked out. */
+  readonly force?: boolean;
+}
+
+export interface ApplyResult {
+  readonly version: number;
+  readonly tag: string;
+  readonly changedModes: readonly { zone: string; from: Mode | undefined; to: Mode }[];
+  readonly warnings: readonly string[];
+}
+
+export interface FlowCounter {
+  readonly rule: string;
+  readonly chain: string;
+  readonly packets: number;
+  readonly bytes: number;
+}
+
+export interface EnforceStatus {
+  readonly active: Omit<ActiveRecord, 'policy' | 'envelope'> | undefined;
+  /** Whether the kernel holds exactly the active ruleset. */
+  readonly inKernel: 'yes' | 'no-table' | 'different';
+  readonly kernelTag: string | undefined;
+  readonly mode: Binding['mode'];
+  readonly zones: readonly { name: string; kind: string; mode: Mode; ports: readonly string[]; interfaces: readonly string[] }[];
+  readonly counters: readonly FlowCounter[];
+  readonly learn: LearnRecord | undefined;
+  readonly failsafe: boolean;
+}
+
+const FILES = {
+  active: 'active.json',
+  activeScript: 'active.nft',
+  previous: 'previous.json',
+  previousScript: 'previous.nft',
+  safeScript: 'safe.nft',
+  learn: 'learn.json',
+  failsafe: 'failsafe.json',
+} as const;
+
+export class Enforcer {
+  readonly #o: EnforcerOptions;
+  readonly #clock: Clock;
+  #active: ActiveRecord | undefined;
+  #plan: Plan | undefined;
+  #learn: LearnRecord | undefined;
+  #failsafe = false;
+  /** Runs before a ruleset replaces the one in force (which empties its sets): the flow monitor reads them one last time. */
+  beforeReplace: (() => Promise<void>) | undefined;
+  /** One kernel change at a time: the controller, the CLI socket and the fail-safe timer may all ask at once. */
+  #queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(options: EnforcerOptions) {
+    this.#o = options;
+    this.#clock = options.clock ?? systemClock;
+  }
+
+  static async open(options: EnforcerOptions): Promise<Enforcer> {
+    await ensurePrivateDir(options.dir);
+    const e = new Enforcer(options);
+    e.#active = await e.#readRecord(FILES.active);
+    const learn = await readJsonFile(join(options.dir, FILES.learn));
+    e.#learn = learn === undefined ? undefined : learnRecord.safeParse(learn).data;
+    e.#failsafe = (await readJsonFile(join(options.dir, FILES.failsafe))) !== undefined;
+    if (e.#active) e.#plan = e.#planFor(e.#activeValidated(), e.#active.version, { safe: e.#failsafe });
+    return e;
+  }
+
+  get active(): ActiveRecord | undefined {
+    return this.#active;
+  }
+
+  /** The plan in force (what the denied-flow reporter and learn harvest read). */
+  get plan(): Plan | undefined {
+    return this.#plan;
+  }
+
+  get binding(): Binding {
+    return this.#o.binding;
+  }
+
+  get learning(): LearnRecord | undefined {
+    return this.#learn && this.#learn.until > this.#clock.now() ? this.#learn : undefined;
+  }
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.#queue.then(fn, fn);
+    this.#queue = next.catch(() => {});
+    return next;
+  }
+
+  async #readRecord(file: string): Promise<ActiveRecord | undefined> {
+    const raw = await readJsonFile(join(this.#o.dir, file));
+    if (raw === undefined) return undefined;
+    const parsed = activeRecord.safeParse(raw);
+    if (!parsed.success) throw new WardError(ErrorCodes.STATE_CORRUPT, `${join(this.#o.dir, file)} is not a Ward enforcement record`);
+    return parsed.data;
+  }
+
+  #activeValidated(): ValidatedPolicy {
+    return checkPolicy((this.#active as ActiveRecord).policy, this.#o.context);
+  }
+
+  #planFor(validated: ValidatedPolicy, version: number, opts: { safe?: boolean; learn?: boolean } = {}): Plan {
+    return buildPlan(validated, { binding: this.#o.binding, version, safe: opts.safe ?? false, learn: opts.learn ?? this.learning !== undefined });
+  }
+
+  /** Compiles without touching the kernel (`ward enforce diff`, tests). */
+  compile(validated: ValidatedPolicy, version: number, opts: { safe?: boolean; learn?: boolean } = {}): Ruleset {
+    return renderRuleset(this.#planFor(validated, version, opts));
+  }
+
+  /** The management requirements the plan would break (empty = none). */
+  lockouts(plan: Plan): string[] {
+    const problems: string[] = [];
+    for (const req of this.#o.management ?? []) {
+      const svc = parseService(req.service);
+      const zone = zoneOfPort(plan, req.port);
+      const chain = zone ? plan.chains.find((c) => c.name === `in_${zone.index}`) : undefined;
+      const mode = chain ? chain.mode : plan.unzonedMode;
+      if (mode === 'observe') continue;
+      let reachable: boolean;
+      if (req.from !== undefined) {
+        const d = evaluate(plan, {
+          inPort: req.port,
+          outPort: 'gateway',
+          src: req.from,
+          dst: '0.0.0.0',
+          proto: svc.proto,
+          ...(svc.proto === 'icmp' ? {} : { dport: svc.from }),
+        });
+        reachable = d.verdict === 'accept';
+      } else {
+        reachable =
+          chain?.rules.some(
+            (r) =>
+              r.action === 'allow' && (svc.proto === 'icmp' ? r.services.icmp : r.services[svc.proto].some(([lo, hi]) => svc.from >= lo && svc.from <= hi)),
+          ) ?? false;
+      }
+      if (!reachable) {
+        problems.push(
+          `${req.service} to the gateway on ${req.port}${req.from ? ` from ${req.from}` : ''} would be blocked (${zone ? `zone "${zone.name}" enforces` : 'the port is in no zone and the policy enforces'}, and no flow to "gateway" allows it)`,
+        );
+      }
+    }
+    return problems;
+  }
+
+  async apply(request: ApplyRequest): Promise<ApplyResult> {
+    return this.#serial(() => this.#apply(request));
+  }
+
+  async #apply(request: ApplyRequest): Promise<ApplyResult> {
+    const { validated, version } = request;
+    const plan = this.#planFor(validated, version);
+    const lockouts = this.lockouts(plan);
+    const base = { version, policy: validated.policy.name, digest: validated.digest, source: request.source };
+    if (lockouts.length > 0 && !request.force) {
+      const err = new WardError(
+        ErrorCodes.POLICY_LOCKOUT,
+        `policy would lock out the management uplink: ${lockouts.join('; ')} (apply with force to override)`,
+        {
+          details: { lockouts },
+        },
+      );
+      this.#record('enforce.policy-apply', 'refused', request.actor, { ...base, lockouts }, err.code);
+      throw err;
+    }
+    const ruleset = renderRuleset(plan);
+    const previousScript = await this.#readText(FILES.activeScript);
+    try {
+      await this.beforeReplace?.();
+      await this.#prepareKernel();
+      await this.#o.nft.load(ruleset.script);
+    } catch (err) {
+      this.#record('enforce.policy-apply', 'failure', request.actor, { ...base, error: describeError(err) }, codeOf(err));
+      throw err;
+    }
+    try {
+      await this.#verifyKernel(ruleset);
+    } catch (err) {
+      await this.#restoreAfterFailedCheck(previousScript, request.actor, base);
+      this.#record(
+        'enforce.policy-apply',
+        'failure',
+        request.actor,
+        { ...base, error: describeError(err), restored: previousScript ? 'previous' : 'none' },
+        codeOf(err),
+      );
+      throw err;
+    }
+
+    const before = this.#plan;
+    const record: ActiveRecord = {
+      version,
+      source: request.source,
+      actor: request.actor,
+      policy: validated.policy as unknown as Record<string, unknown>,
+      policyDigest: validated.digest,
+      tag: ruleset.tag,
+      rulesetDigest: ruleset.digest,
+      appliedAt: this.#clock.now(),
+      forced: lockouts.length > 0,
+      ...(request.envelope !== undefined ? { envelope: request.envelope } : {}),
+    };
+    await this.#persist(record, ruleset, validated);
+    this.#failsafe = false;
+    await rm(join(this.#o.dir, FILES.failsafe), { force: true });
+    const changedModes = plan.zones
+      .map((z) => ({ zone: z.name, from: before?.zones.find((b) => b.name === z.name)?.mode, to: z.mode }))
+      .filter((c) => c.from !== c.to);
+    for (const w of plan.warnings) this.#o.log.warn({ version }, w);
+    this.#record(
+      'enforce.policy-apply',
+      'success',
+      request.actor,
+      { ...base, tag: ruleset.tag, forced: record.forced, ...(lockouts.length > 0 ? { lockouts } : {}), changedModes, warnings: plan.warnings },
+      undefined,
+    );
+    for (const c of changedModes.filter((m) => m.from !== undefined)) {
+      this.#o.audit.record({
+        category: 'configuration-change',
+        actor: request.actor,
+        action: 'enforce.mode-change',
+        target: c.zone,
+        outcome: 'success',
+        details: { zone: c.zone, from: c.from, to: c.to, version },
+      });
+    }
+    this.#o.log.info({ version, policy: validated.policy.name, tag: ruleset.tag, forced: record.forced }, 'policy applied');
+    return { version, tag: ruleset.tag, changedModes, warnings: plan.warnings };
+  }
+
+  async #prepareKernel(): Promise<void> {
+    if (this.#o.binding.mode !== 'bridge') return;
+    // Without these, bridged IP traffic never reaches the inet hooks: the policy would silently not apply.
+    for (const name of ['net.bridge.bridge-nf-call-iptables', 'net.bridge.bridge-nf-call-ip6tables']) {
+      await this.#o.nft.sysctl(name, '1');
+      const value = await this.#o.nft.sysctl(name);
+      if (value !== '1')
+        throw new WardError(ErrorCodes.ENFORCE_APPLY_FAILED, `${name} is ${value} after setting it to 1: bridged traffic would bypass the policy`);
+    }
+  }
+
+  async #verifyKernel(ruleset: Ruleset): Promise<WardTables> {
+    const tables = await this.#o.nft.tables();
+    const problems: string[] = [];
+    if (tables.inet?.comment !== ruleset.tag)
+      problems.push(`inet table tag is ${JSON.stringify(tables.inet?.comment)}, expected ${JSON.stringify(ruleset.tag)}`);
+    const bridge = this.#o.binding.mode === 'bridge';
+    if (bridge && tables.bridge?.comment !== ruleset.tag) problems.push(`bridge table tag is ${JSON.stringify(tables.bridge?.comment)}`);
+    if (!bridge && tables.bridge !== undefined) problems.push('a bridge table is present in routed mode');
+    if (tables.rules.length !== ruleset.comments.length)
+      problems.push(`kernel holds ${tables.rules.length} Ward rules, the ruleset has ${ruleset.comments.length}`);
+    if (problems.length > 0) {
+      throw new WardError(ErrorCodes.ENFORCE_CHECK_FAILED, `the kernel does not hold the ruleset just loaded: ${problems.join('; ')}`, {
+        details: { problems },
+      });
+    }
+    return tables;
+  }
+
+  async #restoreAfterFailedCheck(previousScript: string | undefined, actor: string, base: Record<string, unknown>): Promise<void> {
+    try {
+      if (previousScript) await this.#o.nft.load(previousScript);
+      else await this.#o.nft.deleteTables();
+      this.#record('enforce.rollback', 'success', actor, { ...base, reason: 'post-apply check failed', to: this.#active?.version ?? null }, undefined);
+    } catch (err) {
+      this.#o.log.error({ err: describeError(err) }, 'could not restore the previous ruleset after a failed check');
+      this.#record('enforce.rollback', 'failure', actor, { ...base, error: describeError(err) }, codeOf(err));
+    }
+  }
+
+  async #persist(record: ActiveRecord, ruleset: Ruleset, validated: ValidatedPolicy): Promise<void> {
+    const dir = this.#o.dir;
+    const oldRecord = await readFile(join(dir, FILES.active), 'utf8').catch(() => undefined);
+    const oldScript = await this.#readText(FILES.activeScript);
+    if (oldRecord !== undefined && oldScript !== undefined) {
+      await writeFileAtomic(join(dir, FILES.previousScript), oldScript);
+      await writeFileAtomic(join(dir, FILES.previous), oldRecord);
+    }
+    await writeFileAtomic(join(dir, FILES.activeScript), ruleset.script);
+    await writeFileAtomic(join(dir, FILES.active), `${JSON.stringify(record)}\n`);
+    if (validated.policy.failMode.kind === 'safe') {
+      await writeFileAtomic(join(dir, FILES.safeScript), renderRuleset(this.#planFor(validated, record.version, { safe: true, learn: false })).script);
+    } else {
+      await rm(join(dir, FILES.safeScript), { force: true });
+    }
+    this.#active = record;
+    this.#plan = ruleset.plan;
+  }
+
+  async #readText(file: string): Promise<string | undefined> {
+    try {
+      return await readFile(join(this.#o.dir, file), 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  /** Back to the ruleset applied before the active one. */
+  async rollback(actor: string): Promise<{ version: number }> {
+    return this.#serial(async () => {
+      const previous = await this.#readRecord(FILES.previous);
+      const script = await this.#readText(FILES.previousScript);
+      if (!previous || script === undefined) {
+        const err = new WardError(ErrorCodes.ENFORCE_NO_PREVIOUS, 'there is no previous ruleset to roll back to');
+        this.#record('enforce.rollback', 'refused', actor, {}, err.code);
+        throw err;
+      }
+      const from = this.#active?.version;
+      try {
+        await this.#prepareKernel();
+        await this.#o.nft.load(script);
+        const tables = await this.#o.nft.tables();
+        if (tables.inet?.comment !== previous.tag)
+          throw new WardError(ErrorCodes.ENFORCE_CHECK_FAILED, `after rollback the kernel tag is ${tables.inet?.comment}`);
+      } catch (err) {
+        this.#record('enforce.rollback', 'failure', actor, { from, to: previous.version, error: describeError(err) }, codeOf(err));
+        throw err;
+      }
+      // The two rulesets swap places, so a second rollback undoes the first.
+      const dir = this.#o.dir;
+      const activeText = await readFile(join(dir, FILES.active), 'utf8');
+      const activeScript = (await this.#readText(FILES.activeScript)) as string;
+      await writeFileAtomic(join(dir, FILES.activeScript), script);
+      await writeFileAtomic(join(dir, FILES.active), `${JSON.stringify(previous)}\n`);
+      await writeFileAtomic(join(dir, FILES.previousScript), activeScript);
+      await writeFileAtomic(join(dir, FILES.previous), activeText);
+      this.#active = previous;
+      this.#plan = this.#planFor(this.#activeValidated(), previous.version);
+      this.#record('enforce.rollback', 'success', actor, { from, to: previous.version, tag: previous.tag }, undefined);
+      return { version: previous.version };
+    });
+  }
+
+  /**
+   * At agent start: the kernel keeps its rules across an agent restart (left
+   * alone), loses them on reboot (re-applied from disk), and may have been
+   * changed by hand (re-applied, and said so).
+   */
+  async restore(): Promise<'none' | 'kept' | 'reapplied'> {
+    return this.#serial(async () => {
+      if (!this.#active) return 'none';
+      const script = await this.#readText(this.#failsafe ? FILES.safeScript : FILES.activeScript);
+      if (script === undefined) throw new WardError(ErrorCodes.STATE_CORRUPT, `${join(this.#o.dir, FILES.activeScript)} is missing`);
+      const tables = await this.#o.nft.tables();
+      const expectTag = tagOf(script);
+      if (tables.inet?.comment === expectTag) return 'kept';
+      await this.#prepareKernel();
+      await this.#o.nft.load(script);
+      const reason =
+        tables.inet === undefined ? 'the kernel had no Ward table (reboot)' : `the kernel held another ruleset (${tables.inet.comment ?? 'untagged'})`;
+      this.#record('enforce.restore', 'success', 'ward-agent', { version: this.#active.version, tag: expectTag, reason }, undefined);
+      this.#o.log.warn({ version: this.#active.version, reason }, 'enforcement restored from disk');
+      return 'reapplied';
+    });
+  }
+
+  /** Fail-safe (failMode safe): load the precompiled safe ruleset; `keep-last` keeps what is there. */
+  async enterFailsafe(reason: string, actor = 'ward-agent'): Promise<boolean> {
+    return this.#serial(async () => {
+      const script = await this.#readText(FILES.safeScript);
+      if (!this.#active || script === undefined || this.#failsafe) return false;
+      await this.#prepareKernel();
+      await this.#o.nft.load(script);
+      this.#failsafe = true;
+      await writeFileAtomic(join(this.#o.dir, FILES.failsafe), `${JSON.stringify({ since: this.#clock.now(), reason })}\n`);
+      this.#plan = this.#planFor(this.#activeValidated(), this.#active.version, { safe: true });
+      this.#record('enforce.failsafe', 'success', actor, { version: this.#active.version, reason, entered: true }, undefined);
+      return true;
+    });
+  }
+
+  async leaveFailsafe(reason: string): Promise<boolean> {
+    return this.#serial(async () => {
+      const script = await this.#readText(FILES.activeScript);
+      if (!this.#failsafe || !this.#active || script === undefined) return false;
+      await this.#o.nft.load(script);
+      this.#failsafe = false;
+      await rm(join(this.#o.dir, FILES.failsafe), { force: true });
+      this.#plan = this.#planFor(this.#activeValidated(), this.#active.version);
+      this.#record('enforce.failsafe', 'success', 'ward-agent', { version: this.#active.version, reason, entered: false }, undefined);
+      return true;
+    });
+  }
+
+  /** Learn mode: re-applies the active policy with per-chain sets recording every new connection until `until`. */
+  async setLearning(untilMs: number | undefined, actor: string): Promise<LearnRecord | undefined> {
+    if (!this.#active)
+      throw new WardError(
+        ErrorCodes.ENFORCE_NO_POLICY,
+        'learn mode needs an active policy that names the zones (observe mode with no flows is the usual start)',
+      );
+    const file = join(this.#o.dir, FILES.learn);
+    if (untilMs === undefined) {
+      this.#learn = undefined;
+      await rm(file, { force: true });
+    } else {
+      this.#learn = { since: this.#clock.now(), until: untilMs };
+      await writeFileAtomic(file, `${JSON.stringify(this.#learn)}\n`);
+    }
+    const active = this.#active;
+    await this.apply({
+      validated: this.#activeValidated(),
+      version: active.version,
+      source: active.source,
+      actor,
+      ...(active.envelope !== undefined ? { envelope: active.envelope } : {}),
+      force: active.forced,
+    });
+    this.#record('enforce.learn', 'success', actor, { until: untilMs ?? null, since: this.#learn?.since ?? null }, undefined);
+    return this.#learn;
+  }
+
+  async status(): Promise<EnforceStatus> {
+    const tables = await this.#o.nft.tables().catch((err) => {
+      if (isWardError(err, ErrorCodes.ENFORCE_NFT_MISSING)) throw err;
+      return undefined;
+    });
+    const expectTag = this.#failsafe ? tagOf((await this.#readText(FILES.safeScript)) ?? '') : this.#active?.tag;
+    const kernelTag = tables?.inet?.comment;
+    const { policy: _p, envelope: _e, ...active } = this.#active ?? ({} as ActiveRecord);
+    return {
+      active: this.#active ? active : undefined,
+      inKernel: kernelTag === undefined ? 'no-table' : kernelTag === expectTag ? 'yes' : 'different',
+      kernelTag,
+      mode: this.#o.binding.mode,
+      zones: (this.#plan?.zones ?? []).map((z) => ({ name: z.name, kind: z.kind, mode: z.mode, ports: z.ports, interfaces: z.interfaces })),
+      counters: (tables?.rules ?? [])
+        .filter((r) => r.family === 'inet' && !r.comment.startsWith('ward:fastpath'))
+        .map((r) => ({ rule: r.comment.replace(/^ward:/, ''), chain: r.chain, packets: r.packets, bytes: r.bytes })),
+      learn: this.learning,
+      failsafe: this.#failsafe,
+    };
+  }
+
+  /** Unified diff from the ruleset in force to the one `candidate` compiles to; without one, what the last change did. */
+  async diff(candidate?: { validated: ValidatedPolicy; version: number }): Promise<string> {
+    const current = (await this.#readText(this.#failsafe ? FILES.safeScript : FILES.activeScript)) ?? '';
+    if (!candidate) {
+      const previous = (await this.#readText(FILES.previousScript)) ?? '';
+      const prev = await this.#readRecord(FILES.previous);
+      return createTwoFilesPatch(`previous v${prev?.version ?? '-'}`, `active v${this.#active?.version ?? '-'}`, previous, current, undefined, undefined, {
+        context: 2,
+      });
+    }
+    const next = this.compile(candidate.validated, candidate.version).script;
+    return createTwoFilesPatch(`active v${this.#active?.version ?? '-'}`, `candidate v${candidate.version}`, current, next, undefined, undefined, {
+      context: 2,
+    });
+  }
+
+  #record(action: string, outcome: 'success' | 'failure' | 'refused', actor: string, details: Record<string, unknown>, code: string | undefined): void {
+    this.#o.audit.record({
+      category: 'configuration-change',
+      actor,
+      action,
+      target: 'nftables',
+      outcome,
+      ...(code !== undefined ? { code } : {}),
+      details,
+    });
+  }
+}
+
+function codeOf(err: unknown): string | undefined {
+  return err instanceof WardError ? err.code : undefined;
+}
+
+/** The table tag a script writes (its `comment "ward policy=…"` line). */
+export function tagOf(script: string): string | undefined {
+  return /\n\tcomment "(ward policy=[^"]*)"/.exec(script)?.[1];
+}

@@ -1,0 +1,270 @@
+import {
+  type Cidr,
+  GATEWAY,
+  ipToNumber,
+  type Mode,
+  type Policy,
+  parseCidr,
+  parseService,
+  resolveFlow,
+  type ValidatedPolicy,
+  type Zone,
+} from '../shared/policy/model.js';
+
+/**
+ * The enforcement plan: a checked policy laid out the way the kernel will
+ * judge traffic, before any nftables syntax. One chain per (ingress zone,
+ * egress zone) pair and one per zone for traffic to the gateway itself; each
+ * chain holds the flows that can match there and ends in the chain's default
+ * verdict. The nft renderer (compile.ts) and the evaluator below both read
+ * this plan, so the lockout check, denied-flow attribution and learn-mode
+ * proposals agree with what the kernel does.
+ *
+ * Which mode judges a flow: the mode of its destination zone when that is a
+ * cell, else the mode of its source zone when that is a cell, else the
+ * policy's mode. So putting one cell in `observe` relaxes exactly the traffic
+ * reaching (or, for outbound-only cells, leaving) that cell.
+ */
+export type GatewayMode = 'routed' | 'bridge';
+
+export interface Binding {
+  readonly mode: GatewayMode;
+  /** Board port name → kernel interface name (from the hardware profile, or config overrides). */
+  readonly interfaces: Readonly<Record<string, string>>;
+  /** Bridge mode: the bridge device the ports are enslaved to (its address is the gateway's). */
+  readonly bridge?: string;
+}
+
+export interface PlanOptions {
+  readonly binding: Binding;
+  /** The signed envelope's version, carried into the ruleset so the kernel state names its policy. */
+  readonly version: number;
+  /** Fail-safe: only the policy's `safe` flows. */
+  readonly safe?: boolean;
+  /** Record every new connection per chain for `ward enforce propose`. */
+  readonly learn?: boolean;
+}
+
+export interface PortRanges {
+  readonly tcp: readonly (readonly [number, number])[];
+  readonly udp: readonly (readonly [number, number])[];
+  readonly icmp: boolean;
+}
+
+export interface RulePlan {
+  readonly flow: string;
+  readonly action: 'allow' | 'deny';
+  /** Empty = any source address (in the chain's ingress zone). */
+  readonly src: readonly Cidr[];
+  readonly dst: readonly Cidr[];
+  readonly services: PortRanges;
+}
+
+export interface ChainPlan {
+  /** nft chain name: `pair_<i>_<j>` or `in_<i>` (zone indexes, so zone names never meet nft's grammar). */
+  readonly name: string;
+  readonly kind: 'pair' | 'input';
+  readonly from: string;
+  /** Zone name, or GATEWAY for the input chains. */
+  readonly to: string;
+  readonly mode: Mode;
+  readonly rules: readonly RulePlan[];
+}
+
+export interface ZonePlan {
+  readonly name: string;
+  /** 1-based, by name: stable when zones are listed in another order. */
+  readonly index: number;
+  readonly kind: Zone['kind'];
+  readonly mode: Mode;
+  readonly ports: readonly string[];
+  /** Interfaces of the bound ports (ports with no interface on this gateway are left out, with a warning). */
+  readonly interfaces: readonly string[];
+  readonly ethertypes: readonly string[];
+}
+
+export interface Plan {
+  readonly policy: string;
+  readonly version: number;
+  readonly digest: string;
+  readonly binding: Binding;
+  readonly zones: readonly ZonePlan[];
+  readonly chains: readonly ChainPlan[];
+  /** Traffic that enters or leaves through no zone's port. */
+  readonly unzonedMode: Mode;
+  readonly safe: boolean;
+  readonly learn: boolean;
+  readonly warnings: readonly string[];
+}
+
+export function zoneMode(policy: Policy, zone: Zone): Mode {
+  return zone.kind === 'cell' ? (zone.mode ?? policy.mode) : policy.mode;
+}
+
+export function buildPlan(validated: ValidatedPolicy, options: PlanOptions): Plan {
+  const { policy } = validated;
+  const warnings: string[] = [];
+  const byName = [...policy.zones].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const zones: ZonePlan[] = byName.map((z, i) => {
+    const interfaces: string[] = [];
+    for (const port of z.ports) {
+      const iface = options.binding.interfaces[port];
+      if (iface === undefined) warnings.push(`zone "${z.name}": port ${port} has no interface on this gateway; its traffic is unzoned`);
+      else interfaces.push(iface);
+    }
+    return {
+      name: z.name,
+      index: i + 1,
+      kind: z.kind,
+      mode: zoneMode(policy, z),
+      ports: z.ports,
+      interfaces,
+      ethertypes: z.ethertypes ?? [],
+    };
+  });
+  const zoneByName = new Map(zones.map((z) => [z.name, z]));
+  const policyZones = new Map(policy.zones.map((z) => [z.name, z]));
+  const assets = new Map(policy.assets.map((a) => [a.name, a]));
+  const roles = new Map<string, typeof policy.assets>();
+  for (const a of policy.assets) for (const r of a.roles) roles.set(r, [...(roles.get(r) ?? []), a]);
+
+  const pairMode = (from: ZonePlan, to: ZonePlan): Mode => (to.kind === 'cell' ? to.mode : from.kind === 'cell' ? from.mode : policy.mode);
+  const chains = new Map<string, { plan: Omit<ChainPlan, 'rules'>; rules: RulePlan[] }>();
+  for (const from of zones) {
+    for (const to of zones) {
+      const name = `pair_${from.index}_${to.index}`;
+      chains.set(name, { plan: { name, kind: 'pair', from: from.name, to: to.name, mode: pairMode(from, to) }, rules: [] });
+    }
+    const name = `in_${from.index}`;
+    chains.set(name, { plan: { name, kind: 'input', from: from.name, to: GATEWAY, mode: from.mode }, rules: [] });
+  }
+
+  const kept = options.safe ? new Set(policy.safe) : undefined;
+  // Deny flows first: validation guarantees no deny overlaps an allow, so order only decides which counter a packet hits.
+  const ordered = [...policy.flows.filter((f) => f.action === 'deny'), ...policy.flows.filter((f) => f.action === 'allow')];
+  for (const flow of ordered) {
+    if (kept && !kept.has(flow.id)) continue;
+    const resolved = resolveFlow(flow, policyZones, assets, roles);
+    const services = portRanges(flow.services);
+    for (const src of resolved.from) {
+      const fromZone = zoneByName.get(src.zone);
+      if (!fromZone) continue;
+      for (const dst of resolved.to) {
+        const chainName = dst.zone === GATEWAY ? `in_${fromZone.index}` : `pair_${fromZone.index}_${zoneByName.get(dst.zone)?.index}`;
+        const chain = chains.get(chainName);
+        if (!chain) continue;
+        chain.rules.push({ flow: flow.id, action: flow.action, src: src.cidrs, dst: dst.cidrs, services });
+      }
+    }
+  }
+  return {
+    policy: policy.name,
+    version: options.version,
+    digest: validated.digest,
+    binding: options.binding,
+    zones,
+    chains: [...chains.values()].map((c) => ({ ...c.plan, rules: c.rules })),
+    unzonedMode: policy.mode,
+    safe: options.safe === true,
+    learn: options.learn === true,
+    warnings,
+  };
+}
+
+function portRanges(services: readonly string[]): PortRanges {
+  const tcp: [number, number][] = [];
+  const udp: [number, number][] = [];
+  let icmp = false;
+  for (const s of services) {
+    const svc = parseService(s);
+    if (svc.proto === 'icmp') icmp = true;
+    else (svc.proto === 'tcp' ? tcp : udp).push([svc.from, svc.to]);
+  }
+  return { tcp: mergeRanges(tcp), udp: mergeRanges(udp), icmp };
+}
+
+/** Sorted, overlapping and adjacent ranges merged: nft refuses overlapping elements in an interval set. */
+export function mergeRanges(ranges: readonly (readonly [number, number])[]): [number, number][] {
+  const sorted = [...ranges].sort((a, b) => a[0] - b[0]);
+  const out: [number, number][] = [];
+  for (const [lo, hi] of sorted) {
+    const last = out[out.length - 1];
+    if (last && lo <= last[1] + 1) last[1] = Math.max(last[1], hi);
+    else out.push([lo, hi]);
+  }
+  return out;
+}
+
+/** One packet as the kernel would see it at the start of a new connection. */
+export interface Probe {
+  /** Board port it arrives on; undefined = a port in no zone. */
+  readonly inPort: string | undefined;
+  /** Board port it leaves by, or 'gateway' for traffic to the gateway itself. */
+  readonly outPort: string | 'gateway' | undefined;
+  readonly src: string;
+  readonly dst: string;
+  readonly proto: 'tcp' | 'udp' | 'icmp' | 'other';
+  /** Destination port (tcp/udp). */
+  readonly dport?: number;
+}
+
+export interface Decision {
+  readonly verdict: 'accept' | 'drop';
+  /** The flow that matched, or `default` (the chain's default deny), or `unzoned`. */
+  readonly rule: string;
+  readonly chain: string | undefined;
+  readonly mode: Mode;
+  /** True when the policy says deny (in observe mode the verdict is still accept). */
+  readonly denied: boolean;
+}
+
+export function zoneOfPort(plan: Plan, port: string | undefined): ZonePlan | undefined {
+  if (port === undefined) return undefined;
+  return plan.zones.find((z) => z.ports.includes(port) && z.interfaces.includes(plan.binding.interfaces[port] ?? '\u0000'));
+}
+
+export function chainFor(plan: Plan, probe: Pick<Probe, 'inPort' | 'outPort'>): ChainPlan | undefined {
+  const from = zoneOfPort(plan, probe.inPort);
+  if (!from) return undefined;
+  if (probe.outPort === 'gateway') return plan.chains.find((c) => c.name === `in_${from.index}`);
+  const to = zoneOfPort(plan, probe.outPort);
+  if (!to) return undefined;
+  return plan.chains.find((c) => c.name === `pair_${from.index}_${to.index}`);
+}
+
+/** What the compiled ruleset does with the first packet of a connection (the kernel-independent twin of the nft rules). */
+export function evaluate(plan: Plan, probe: Probe): Decision {
+  const chain = chainFor(plan, probe);
+  if (!chain) {
+    const mode = plan.unzonedMode;
+    return { verdict: mode === 'enforce' ? 'drop' : 'accept', rule: 'unzoned', chain: undefined, mode, denied: true };
+  }
+  return judge(chain, probe);
+}
+
+/** The verdict of one chain for the first packet of a connection. */
+export function judge(chain: ChainPlan, probe: Pick<Probe, 'src' | 'dst' | 'proto' | 'dport'>): Decision {
+  const src = ipToNumber(probe.src);
+  const dst = ipToNumber(probe.dst);
+  const inSet = (cidrs: readonly Cidr[], ip: number) => cidrs.length === 0 || cidrs.some((c) => ip >= c.base && ip <= c.base + 2 ** (32 - c.bits) - 1);
+  for (const rule of chain.rules) {
+    if (!inSet(rule.src, src) || !inSet(rule.dst, dst)) continue;
+    const s = rule.services;
+    const hit =
+      probe.proto === 'icmp'
+        ? s.icmp
+        : probe.proto === 'tcp' || probe.proto === 'udp'
+          ? s[probe.proto].some(([lo, hi]) => (probe.dport ?? -1) >= lo && (probe.dport ?? -1) <= hi)
+          : false;
+    if (!hit) continue;
+    const denied = rule.action === 'deny';
+    return { verdict: denied && chain.mode === 'enforce' ? 'drop' : 'accept', rule: rule.flow, chain: chain.name, mode: chain.mode, denied };
+  }
+  return { verdict: chain.mode === 'enforce' ? 'drop' : 'accept', rule: 'default', chain: chain.name, mode: chain.mode, denied: true };
+}
+
+/** Address literal check for probes typed by people (CLI, config). */
+export function isIpv4Address(text: string): boolean {
+  const c = parseCidr(text);
+  return c !== undefined && c.bits === 32;
+}

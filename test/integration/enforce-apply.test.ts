@@ -1,0 +1,220 @@
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import test from 'ava';
+import { Nft, type WardTables } from '../../agent/enforce/nft.js';
+import type { Binding } from '../../agent/enforce/plan.js';
+import { bareNamespace, linePolicy, nftIn, nftText, openEnforcer } from '../helpers/enforce.js';
+import { netnsUnavailable } from '../helpers/netns.js';
+
+/**
+ * Applying, checking, rolling back and restoring rulesets in a real kernel
+ * (nftables in a namespace of the test's own). Traffic is the e2e test's
+ * job (enforce-netns.test.ts); this one is about the kernel state.
+ */
+const routed: Binding = { mode: 'routed', interfaces: { UPLINK: 'up0', PLC1: 'p1', PLC2: 'p2' } };
+const unavailable = await netnsUnavailable();
+const maybe = unavailable ? test.skip : test.serial;
+if (unavailable) console.error(`enforce-apply: skipped: ${unavailable}`);
+
+async function kernelTag(nft: Nft): Promise<string | undefined> {
+  return (await nft.tables()).inet?.comment;
+}
+
+maybe('apply puts the ruleset in the kernel in one go, tags it, and keeps it on disk (0600)', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer, audit, dir } = await openEnforcer(t, nft, routed);
+  const result = await enforcer.apply({ validated: linePolicy(), version: 3, source: 'controller', actor: 'controller' });
+  t.regex(result.tag, /^ward policy=line-3 version=3 digest=[0-9a-f]{16} mode=routed$/);
+  t.is(await kernelTag(nft), result.tag);
+  const status = await enforcer.status();
+  t.is(status.inKernel, 'yes');
+  t.true(status.counters.some((c) => c.rule === 'flow:eng-program'));
+  for (const f of ['active.json', 'active.nft']) t.is((await stat(join(dir, f))).mode & 0o777, 0o600, f);
+  const event = audit.events.find((e) => e.action === 'enforce.policy-apply');
+  t.like(event, { outcome: 'success', category: 'configuration-change', details: { version: 3 } });
+});
+
+maybe('a second apply keeps the first for rollback; rollback twice returns to the second', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer, audit } = await openEnforcer(t, nft, routed);
+  const v1 = await enforcer.apply({ validated: linePolicy(), version: 1, source: 'controller', actor: 'controller' });
+  const v2 = await enforcer.apply({
+    validated: linePolicy((p) => {
+      p.mode = 'observe';
+    }),
+    version: 2,
+    source: 'controller',
+    actor: 'controller',
+  });
+  t.not(v1.tag, v2.tag);
+  t.deepEqual(
+    v2.changedModes.map((c) => `${c.zone}:${c.from}->${c.to}`),
+    ['cell-a:enforce->observe', 'cell-b:enforce->observe', 'it:enforce->observe'],
+  );
+  t.true(audit.events.some((e) => e.action === 'enforce.mode-change' && e.target === 'cell-a'));
+  t.deepEqual(await enforcer.rollback('alice'), { version: 1 });
+  t.is(await kernelTag(nft), v1.tag);
+  t.like(
+    audit.events.findLast((e) => e.action === 'enforce.rollback'),
+    { outcome: 'success', actor: 'alice' },
+  );
+  await enforcer.rollback('alice');
+  t.is(await kernelTag(nft), v2.tag);
+  t.is(enforcer.active?.version, 2);
+});
+
+maybe('rollback with nothing to go back to is refused and audited', async (t) => {
+  const ns = await bareNamespace(t);
+  const { enforcer, audit } = await openEnforcer(t, nftIn(ns), routed);
+  await enforcer.apply({ validated: linePolicy(), version: 1, source: 'controller', actor: 'controller' });
+  const err = await t.throwsAsync(enforcer.rollback('bob'));
+  t.is((err as { code?: string }).code, 'WARD_ENFORCE_NO_PREVIOUS');
+  t.like(
+    audit.events.findLast((e) => e.action === 'enforce.rollback'),
+    { outcome: 'refused', code: 'WARD_ENFORCE_NO_PREVIOUS' },
+  );
+});
+
+maybe('a ruleset nft refuses changes nothing: the previous rules stay in force', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer, audit } = await openEnforcer(t, nft, routed);
+  const good = await enforcer.apply({ validated: linePolicy(), version: 1, source: 'controller', actor: 'controller' });
+  // An interface name longer than the kernel's IFNAMSIZ: nft refuses the whole transaction.
+  const { enforcer: bad } = await openEnforcer(t, nft, { mode: 'routed', interfaces: { UPLINK: 'up0', PLC1: 'p1-this-name-is-too-long', PLC2: 'p2' } });
+  const err = await t.throwsAsync(bad.apply({ validated: linePolicy(), version: 2, source: 'controller', actor: 'controller' }));
+  t.is((err as { code?: string }).code, 'WARD_ENFORCE_APPLY_FAILED');
+  t.is(await kernelTag(nft), good.tag);
+  t.is(enforcer.active?.version, 1);
+  void audit;
+});
+
+maybe('a failed read-back after the load restores the previous ruleset', async (t) => {
+  const ns = await bareNamespace(t);
+  // The real kernel and nft; only the read-back after the second load is made to disagree (a stand-in for a kernel that
+  // accepted the transaction but holds something else, which cannot be provoked on purpose).
+  class LyingNft extends Nft {
+    lie = false;
+    override async tables(): Promise<WardTables> {
+      const real = await super.tables();
+      if (!this.lie) return real;
+      this.lie = false;
+      return { ...real, rules: real.rules.slice(1) };
+    }
+  }
+  const nft = new LyingNft({ prefix: ['ip', 'netns', 'exec', ns] });
+  const { enforcer, audit } = await openEnforcer(t, nft, routed);
+  const first = await enforcer.apply({ validated: linePolicy(), version: 1, source: 'controller', actor: 'controller' });
+  nft.lie = true;
+  const err = await t.throwsAsync(
+    enforcer.apply({
+      validated: linePolicy((p) => {
+        p.mode = 'observe';
+      }),
+      version: 2,
+      source: 'controller',
+      actor: 'controller',
+    }),
+  );
+  t.is((err as { code?: string }).code, 'WARD_ENFORCE_CHECK_FAILED');
+  t.is(await kernelTag(nft), first.tag, 'the previous ruleset is back in the kernel');
+  t.is(enforcer.active?.version, 1);
+  t.like(
+    audit.events.findLast((e) => e.action === 'enforce.rollback'),
+    { outcome: 'success', details: { reason: 'post-apply check failed' } },
+  );
+});
+
+maybe('a policy that would lock out the management uplink is refused unless forced', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer, audit } = await openEnforcer(t, nft, routed);
+  const noSsh = linePolicy((p) => {
+    p.flows = p.flows?.filter((f) => f.id !== 'mgmt-ssh');
+  });
+  const err = await t.throwsAsync(enforcer.apply({ validated: noSsh, version: 1, source: 'controller', actor: 'controller' }));
+  t.is((err as { code?: string }).code, 'WARD_POLICY_LOCKOUT');
+  t.regex((err as Error).message, /tcp\/22 to the gateway on UPLINK would be blocked/);
+  t.is(await kernelTag(nft), undefined, 'nothing was loaded');
+  t.like(audit.events.at(-1), { action: 'enforce.policy-apply', outcome: 'refused', code: 'WARD_POLICY_LOCKOUT' });
+  const forced = await enforcer.apply({ validated: noSsh, version: 1, source: 'operator', actor: 'carol', force: true });
+  t.is(await kernelTag(nft), forced.tag);
+  t.true(enforcer.active?.forced);
+  // The same policy in observe mode blocks nothing, so it locks nobody out.
+  const observing = linePolicy((p) => {
+    p.mode = 'observe';
+    p.flows = p.flows?.filter((f) => f.id !== 'mgmt-ssh');
+  });
+  await t.notThrowsAsync(enforcer.apply({ validated: observing, version: 2, source: 'controller', actor: 'controller' }));
+});
+
+maybe('nft missing is a clear error naming the package', async (t) => {
+  const ns = await bareNamespace(t);
+  const { enforcer, audit } = await openEnforcer(t, new Nft({ prefix: ['ip', 'netns', 'exec', ns], nft: '/nonexistent/nft' }), routed);
+  const err = await t.throwsAsync(enforcer.apply({ validated: linePolicy(), version: 1, source: 'controller', actor: 'controller' }));
+  t.is((err as { code?: string }).code, 'WARD_ENFORCE_NFT_MISSING');
+  t.regex((err as Error).message, /install the nftables package/);
+  t.like(audit.events.at(-1), { action: 'enforce.policy-apply', outcome: 'failure', code: 'WARD_ENFORCE_NFT_MISSING' });
+});
+
+maybe('restart keeps the kernel rules; a reboot (empty kernel) or a hand edit is healed from disk', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer, dir } = await openEnforcer(t, nft, routed);
+  const applied = await enforcer.apply({ validated: linePolicy(), version: 5, source: 'controller', actor: 'controller' });
+  // A new agent process over the same state folder.
+  const { enforcer: again, audit } = await openEnforcer(t, nft, routed, { dir });
+  t.is(await again.restore(), 'kept');
+  t.is(audit.events.length, 0);
+  await nft.deleteTables();
+  t.is(await again.restore(), 'reapplied');
+  t.is(await kernelTag(nft), applied.tag);
+  t.like(audit.events.at(-1), { action: 'enforce.restore', details: { reason: 'the kernel had no Ward table (reboot)' } });
+  await nft.deleteTables();
+  await nftText(ns, 'add', 'table', 'inet', 'ward', '{ comment "hand-made"; }');
+  t.is(await kernelTag(nft), 'hand-made');
+  t.is(await again.restore(), 'reapplied');
+  t.is(await kernelTag(nft), applied.tag);
+});
+
+maybe("Ward's tables are the only ones it touches", async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const other = 'table inet plant {\n\tchain keep {\n\t\ttype filter hook forward priority 10; policy accept;\n\t\ttcp dport 9999 counter accept\n\t}\n}\n';
+  await nft.load(other);
+  const before = await nftText(ns, 'list', 'table', 'inet', 'plant');
+  const { enforcer } = await openEnforcer(t, nft, routed);
+  await enforcer.apply({ validated: linePolicy(), version: 1, source: 'controller', actor: 'controller' });
+  await enforcer.apply({ validated: linePolicy(), version: 2, source: 'controller', actor: 'controller' });
+  await enforcer.rollback('dave');
+  await nft.deleteTables();
+  t.is(await nftText(ns, 'list', 'table', 'inet', 'plant'), before);
+});
+
+maybe('bridge mode turns on br_netfilter for the namespace (without it the policy would not see bridged traffic)', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  await nft.sysctl('net.bridge.bridge-nf-call-iptables', '0');
+  const { enforcer } = await openEnforcer(t, nft, { mode: 'bridge', interfaces: { UPLINK: 'up0', PLC1: 'p1', PLC2: 'p2' }, bridge: 'br0' });
+  const r = await enforcer.apply({ validated: linePolicy(), version: 1, source: 'controller', actor: 'controller' });
+  t.is(await nft.sysctl('net.bridge.bridge-nf-call-iptables'), '1');
+  t.is(await nft.sysctl('net.bridge.bridge-nf-call-ip6tables'), '1');
+  const tables = await nft.tables();
+  t.is(tables.bridge?.comment, r.tag);
+});
+
+maybe('learn mode re-applies the active policy with learn sets, and stops again', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer, audit } = await openEnforcer(t, nft, routed);
+  await enforcer.apply({ validated: linePolicy(), version: 1, source: 'controller', actor: 'controller' });
+  const learn = await enforcer.setLearning(Date.now() + 3_600_000, 'erin');
+  t.truthy(learn);
+  t.regex((await kernelTag(nft)) ?? '', / learn$/);
+  t.regex(await nftText(ns, 'list', 'set', 'inet', 'ward', 'l_pair_3_1'), /flags dynamic,timeout/);
+  t.true(audit.events.some((e) => e.action === 'enforce.learn' && e.actor === 'erin'));
+  await enforcer.setLearning(undefined, 'erin');
+  t.notRegex((await kernelTag(nft)) ?? '', /learn/);
+});
