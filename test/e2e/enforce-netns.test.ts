@@ -1,0 +1,166 @@
+import test, { type ExecutionContext } from 'ava';
+import { type AuditEventInput, MemoryAuditSink } from '../../agent/core/audit.js';
+import { Enforcer } from '../../agent/enforce/enforcer.js';
+import { FlowMonitor } from '../../agent/enforce/flows.js';
+import { Nft } from '../../agent/enforce/nft.js';
+import type { Binding } from '../../agent/enforce/plan.js';
+import type { ValidatedPolicy } from '../../agent/shared/policy/model.js';
+import { linePolicy, quietLog } from '../helpers/enforce.js';
+import { createTopology, type Mode, netnsUnavailable, type Topology } from '../helpers/netns.js';
+import { tempDir } from '../helpers/tmp.js';
+
+/**
+ * The issue's "done when", in network namespaces: an engineering workstation,
+ * a historian and an attacker on the IT side, two PLCs behind a gateway that
+ * routes (routed mode) or bridges (bump-in-the-wire). Real listeners on the
+ * PLCs, the real kernel filtering, Ward's real apply path and flow monitor.
+ */
+const unavailable = await netnsUnavailable();
+if (unavailable) console.error(`enforce-netns: skipped: ${unavailable}`);
+const maybe = unavailable ? test.skip : test.serial;
+
+const DENY_MS = 800;
+
+interface Rig {
+  topo: Topology;
+  enforcer: Enforcer;
+  monitor: FlowMonitor;
+  audit: MemoryAuditSink;
+  nft: Nft;
+  policy: (changes?: Parameters<typeof linePolicy>[0]) => ValidatedPolicy;
+}
+
+async function rig(t: ExecutionContext, mode: Mode): Promise<Rig> {
+  const topo = await createTopology(mode);
+  t.teardown(() => topo.destroy());
+  const { hosts } = topo;
+  await topo.listen(hosts.plc1, { tcp: [502, 4840], udp: [161] });
+  await topo.listen(hosts.plc2, { tcp: [502] });
+  await topo.listen(hosts.historian, { tcp: [8080] });
+  const nft = new Nft({ prefix: topo.gwPrefix });
+  const binding: Binding = {
+    mode,
+    interfaces: { UPLINK: topo.ports.UPLINK, PLC1: topo.ports.PLC1, PLC2: topo.ports.PLC2 },
+    ...(topo.bridge ? { bridge: topo.bridge } : {}),
+  };
+  const audit = new MemoryAuditSink();
+  const dir = await tempDir(t, 'ward-enforce-e2e-');
+  const enforcer = await Enforcer.open({ nft, dir, binding, audit, log: quietLog, management: [{ port: 'UPLINK', service: 'tcp/22' }] });
+  const monitor = new FlowMonitor({ enforcer, nft, audit, log: quietLog, dir, reportEveryMs: 0 });
+  enforcer.beforeReplace = () => monitor.tick();
+  // In bridge mode every host shares 198.18.0.0/24: the PLCs have .101 and .102 there.
+  const policy = (changes: Parameters<typeof linePolicy>[0] = () => {}) =>
+    linePolicy((p) => {
+      if (mode === 'bridge') {
+        for (const a of p.assets ?? []) {
+          if (a.name === 'press-plc') a.ip = hosts.plc1.ip;
+          if (a.name === 'mill-cnc') a.ip = hosts.plc2.ip;
+        }
+      }
+      changes(p);
+    });
+  return { topo, enforcer, monitor, audit, nft, policy };
+}
+
+function denied(audit: MemoryAuditSink, action: string, match: Record<string, unknown>): AuditEventInput | undefined {
+  return audit.events.find((e) => e.action === action && Object.entries(match).every(([k, v]) => (e.details as Record<string, unknown>)[k] === v));
+}
+
+for (const mode of ['routed', 'bridge'] as const) {
+  maybe(`${mode}: allowed flows connect, the attacker and lateral moves fail, and the denied attempts are audit events`, async (t) => {
+    const r = await rig(t, mode);
+    const { eng, historian, attacker, plc1, plc2 } = r.topo.hosts;
+    t.is(await r.topo.tcp(attacker, plc1, 502), 'connected', 'before any policy the flat network lets the attacker in');
+
+    await r.enforcer.apply({ validated: r.policy(), version: 1, source: 'controller', actor: 'controller' });
+    t.is(await r.topo.tcp(eng, plc1, 502), 'connected', 'engineering -> PLC1 modbus');
+    t.is(await r.topo.tcp(eng, plc2, 502), 'connected', 'engineering -> PLC2 modbus');
+    t.is(await r.topo.tcp(eng, plc1, 4840), 'connected', 'engineering -> PLC1 OPC UA');
+    t.true(await r.topo.udp(historian, plc1, 161), 'historian -> PLC1 SNMP');
+    t.is(await r.topo.tcp(plc2, historian, 8080), 'connected', 'CNC pushes to the historian');
+
+    t.is(await r.topo.tcp(attacker, plc1, 502, DENY_MS), 'timeout', 'attacker -> PLC1');
+    t.is(await r.topo.tcp(attacker, plc2, 502, DENY_MS), 'timeout', 'attacker -> PLC2');
+    t.false(await r.topo.udp(attacker, plc1, 161, DENY_MS), 'attacker -> PLC1 udp');
+    t.is(await r.topo.tcp(historian, plc2, 502, DENY_MS), 'timeout', 'historian has no flow to PLC2');
+    t.is(await r.topo.tcp(plc1, plc2, 502, DENY_MS), 'timeout', 'lateral PLC1 -> PLC2');
+    t.is(await r.topo.tcp(plc2, plc1, 502, DENY_MS), 'timeout', 'lateral PLC2 -> PLC1');
+
+    await r.monitor.tick({ flush: true });
+    const attack = denied(r.audit, 'enforce.flow-denied', { src: attacker.ip, dst: plc1.ip, dport: 502 });
+    t.like(attack, {
+      category: 'access-control',
+      outcome: 'refused',
+      actor: attacker.ip,
+      details: { proto: 'tcp', from: 'it', to: 'cell-a', rule: 'default', mode: 'enforce' },
+    });
+    t.true(((attack?.details as { count?: number }).count ?? 0) >= 1);
+    t.truthy(
+      denied(r.audit, 'enforce.flow-denied', { src: plc1.ip, dst: plc2.ip, dport: 502, from: 'cell-a', to: 'cell-b' }),
+      'the lateral attempt is an event',
+    );
+    t.truthy(denied(r.audit, 'enforce.flow-denied', { src: attacker.ip, dst: plc1.ip, dport: 161, proto: 'udp' }));
+    t.falsy(denied(r.audit, 'enforce.flow-denied', { src: eng.ip }), 'allowed traffic is not reported as denied');
+    const counters = (await r.enforcer.status()).counters;
+    t.true((counters.find((c) => c.rule === 'flow:eng-program' && c.packets > 0)?.packets ?? 0) > 0, 'per-flow counters count');
+  });
+
+  maybe(`${mode}: observe passes everything but counts would-be denies; switching to enforce keeps an allowed connection and stops the attacker`, async (t) => {
+    const r = await rig(t, mode);
+    const { eng, attacker, plc1 } = r.topo.hosts;
+    await r.enforcer.apply({
+      validated: r.policy((p) => {
+        p.mode = 'observe';
+      }),
+      version: 1,
+      source: 'controller',
+      actor: 'controller',
+    });
+    const held = await r.topo.hold(eng, plc1, 502);
+    t.teardown(() => held.close().catch(() => undefined));
+    t.true(await held.ping());
+    t.is(await r.topo.tcp(attacker, plc1, 502), 'connected', 'observe mode blocks nothing');
+    await r.monitor.tick({ flush: true });
+    t.like(denied(r.audit, 'enforce.flow-would-deny', { src: attacker.ip, dst: plc1.ip, dport: 502 }), {
+      outcome: 'success',
+      details: { mode: 'observe', rule: 'default' },
+    });
+
+    const before = (await r.topo.accepted(plc1)).tcp[502] ?? 0;
+    await r.enforcer.apply({ validated: r.policy(), version: 2, source: 'controller', actor: 'controller' });
+    for (let i = 0; i < 3; i++) t.true(await held.ping(), `the engineer's open connection survives the switch (ping ${i})`);
+    t.is((await r.topo.accepted(plc1)).tcp[502], before, 'no reconnect was needed');
+    t.is(await r.topo.tcp(attacker, plc1, 502, DENY_MS), 'timeout', 'enforce stops the attacker');
+    t.is(await r.topo.tcp(eng, plc1, 502), 'connected', 'and new allowed connections still work');
+    t.true(r.audit.events.some((e) => e.action === 'enforce.mode-change' && e.target === 'cell-a' && (e.details as { to?: string }).to === 'enforce'));
+  });
+
+  maybe(`${mode}: a failed apply leaves the previous rules in force; rollback restores the one before`, async (t) => {
+    const r = await rig(t, mode);
+    const { eng, attacker, plc1 } = r.topo.hosts;
+    await r.enforcer.apply({
+      validated: r.policy((p) => {
+        p.mode = 'observe';
+      }),
+      version: 1,
+      source: 'controller',
+      actor: 'controller',
+    });
+    await r.enforcer.apply({ validated: r.policy(), version: 2, source: 'controller', actor: 'controller' });
+    // The same state folder and kernel, but a binding nft refuses (an interface name longer than the kernel allows).
+    const broken = await Enforcer.open({
+      nft: r.nft,
+      dir: await tempDir(t, 'ward-enforce-broken-'),
+      binding: { ...r.enforcer.binding, interfaces: { ...r.enforcer.binding.interfaces, PLC2: 'a-name-far-too-long' } },
+      audit: r.audit,
+      log: quietLog,
+    });
+    await t.throwsAsync(broken.apply({ validated: r.policy(), version: 3, source: 'controller', actor: 'controller' }), {
+      code: 'WARD_ENFORCE_APPLY_FAILED',
+    } as never);
+    t.is(await r.topo.tcp(attacker, plc1, 502, DENY_MS), 'timeout', 'still enforced after the failed apply');
+    t.is(await r.topo.tcp(eng, plc1, 502), 'connected');
+    await r.enforcer.rollback('operator');
+    t.is(await r.topo.tcp(attacker, plc1, 502), 'connected', 'rolled back to the observe policy');
+  });
+}
