@@ -94,7 +94,7 @@ for (const mode of ['routed', 'bridge'] as const) {
       actor: attacker.ip,
       details: { proto: 'tcp', from: 'it', to: 'cell-a', rule: 'default', mode: 'enforce' },
     });
-    t.true(((attack?.details as { count?: number }).count ?? 0) >= 1);
+    t.true((((attack?.details ?? {}) as { count?: number }).count ?? 0) >= 1);
     t.truthy(
       denied(r.audit, 'enforce.flow-denied', { src: plc1.ip, dst: plc2.ip, dport: 502, from: 'cell-a', to: 'cell-b' }),
       'the lateral attempt is an event',
