@@ -19,6 +19,11 @@ export interface ApiBackend {
   allowedHosts?: readonly string[];
   /** A device's audit chain as the controller holds it: verdict and verified events. */
   auditView?(deviceId: string, query: { chainIndex?: number; fromSeq?: number; limit: number }): Promise<unknown | undefined>;
+  /** Segmentation policies: the one published for a device, and publishing a new one. */
+  policy?: {
+    current(deviceId: string): Promise<unknown | undefined>;
+    publish(deviceId: string, policy: unknown, actor: string): Promise<unknown>;
+  };
   /** Enrollment exists only once the controller is certified by a fleet root. */
   enrollment?: {
     createCode(input: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<unknown>;
@@ -33,6 +38,8 @@ export interface ApiBackend {
 type Handler = (req: IncomingMessage, params: string[], body: unknown) => Promise<[number, unknown]>;
 
 const MAX_BODY_BYTES = 16 * 1024;
+/** A policy of 10,000 flows and assets is a few MiB of JSON. */
+const MAX_POLICY_BODY_BYTES = 8 * 1024 * 1024;
 const label = z.string().regex(/^[A-Za-z0-9._-]{1,32}$/, 'expected 1-32 of [A-Za-z0-9._-]');
 const createCodeBody = z.strictObject({
   site: label,
@@ -47,6 +54,7 @@ const createCodeBody = z.strictObject({
 });
 const revokeBody = z.strictObject({ reason: z.string().min(1).max(256) });
 const claimBody = z.strictObject({ text: z.string().min(1).max(256) });
+const policyBody = z.strictObject({ policy: z.record(z.string(), z.unknown()), actor: z.string().min(1).max(64).optional() });
 
 function badRequest(message: string): [number, unknown] {
   return [400, { error: { code: 'WARD_API_BAD_REQUEST', message } }];
@@ -70,7 +78,29 @@ const NO_ENROLLMENT: [number, unknown] = [
 ];
 
 export function createApiServer(backend: ApiBackend): Server {
-  const routes: { method: string; pattern: RegExp; handler: Handler }[] = [
+  const routes: { method: string; pattern: RegExp; handler: Handler; maxBody?: number }[] = [
+    {
+      method: 'GET',
+      pattern: /^\/api\/devices\/([^/]+)\/policy$/,
+      handler: async (_req, [id]) => {
+        const current = isDeviceId(id ?? '') && backend.policy ? await backend.policy.current(id as string) : undefined;
+        return current ? [200, current] : [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no policy published for ${id}` } }];
+      },
+    },
+    {
+      method: 'PUT',
+      pattern: /^\/api\/devices\/([^/]+)\/policy$/,
+      maxBody: MAX_POLICY_BODY_BYTES,
+      handler: async (_req, [id], body) => {
+        if (!backend.policy) return [501, { error: { code: 'WARD_API_NOT_AVAILABLE', message: 'this controller publishes no policies' } }];
+        if (!isDeviceId(id ?? '') || (await backend.getDevice(id as string)) === undefined) {
+          return [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no device ${id}` } }];
+        }
+        const input = parseBody(policyBody, body);
+        if (typeof input === 'string') return badRequest(input);
+        return [200, await backend.policy.publish(id as string, input.policy, input.actor ?? 'operator')];
+      },
+    },
     { method: 'GET', pattern: /^\/api\/health$/, handler: async () => [200, await backend.health()] },
     {
       method: 'GET',
@@ -202,7 +232,7 @@ export function createApiServer(backend: ApiBackend): Server {
       return send(res, 405, { error: { code: 'WARD_API_METHOD_NOT_ALLOWED', message: `${req.method} not allowed on ${url.pathname}` } });
     }
     params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent);
-    readJsonBody(req)
+    readJsonBody(req, route.maxBody ?? MAX_BODY_BYTES)
       .then((body) => (typeof body === 'string' ? badRequest(body) : route.handler(req, params, body.value)))
       .then(([status, body]) => send(res, status, body))
       .catch((err: unknown) => {
@@ -220,6 +250,7 @@ const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   [ErrorCodes.ENROLL_REFUSED]: 400,
   [ErrorCodes.BUNDLE_MALFORMED]: 400,
   [ErrorCodes.ENROLL_ID_TAKEN]: 409,
+  [ErrorCodes.POLICY_INVALID]: 422,
 };
 
 function httpStatusFor(err: unknown): number {
@@ -240,19 +271,19 @@ export function loopbackHosts(bindHost: string): readonly string[] | undefined {
 }
 
 /** Reads a JSON body (bounded); a string result is the reason it was refused. */
-function readJsonBody(req: IncomingMessage): Promise<{ value: unknown } | string> {
+function readJsonBody(req: IncomingMessage, maxBytes: number): Promise<{ value: unknown } | string> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
     let tooLarge = false;
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
-      if (size > MAX_BODY_BYTES) tooLarge = true;
+      if (size > maxBytes) tooLarge = true;
       else chunks.push(chunk);
     });
     req.on('error', () => resolve('request body could not be read'));
     req.on('end', () => {
-      if (tooLarge) return resolve(`request body exceeds ${MAX_BODY_BYTES} bytes`);
+      if (tooLarge) return resolve(`request body exceeds ${maxBytes} bytes`);
       if (size === 0) return resolve({ value: undefined });
       try {
         resolve({ value: JSON.parse(Buffer.concat(chunks).toString('utf8')) });

@@ -24,6 +24,7 @@ import type { ControllerConfig } from './config.js';
 import { EnrollmentService } from './enrollment.js';
 import { type ControllerFleet, loadControllerFleet } from './fleet.js';
 import { syncMosquitto } from './mosquitto-sync.js';
+import { PolicyService } from './policy.js';
 import { DeviceRegistry } from './registry.js';
 import { type DeviceStore, isLive, LevelDeviceStore } from './store.js';
 
@@ -53,6 +54,8 @@ export interface Controller {
   readonly fleet: ControllerFleet | undefined;
   readonly auditIngest: AuditIngest;
   readonly auditStore: AuditStore;
+  /** Signs and publishes segmentation policies (PUT /api/devices/:id/policy). */
+  readonly policies: PolicyService;
   close(): Promise<void>;
 }
 
@@ -108,7 +111,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
     const auditStore = await LevelAuditStore.open(join(config.stateDir, 'audit'));
     cleanup.push(() => auditStore.close());
     // Late-bound publish: the session is created below.
-    let publishReceipt: ((t: string, p: Buffer, o: { qos: 1 }) => Promise<void>) | undefined;
+    let publishReceipt: ((t: string, p: Buffer, o: { qos: 1; retain?: boolean }) => Promise<void>) | undefined;
     const auditIngest = new AuditIngest({
       store: auditStore,
       key,
@@ -117,6 +120,14 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       audit,
       clock,
       log: log.child({ area: 'audit-ingest' }),
+    });
+
+    const policies = new PolicyService({
+      dir: join(config.stateDir, 'policies'),
+      key,
+      publish: (t, p, o) => (publishReceipt ? publishReceipt(t, p, o) : Promise.reject(new Error('controller session not started'))),
+      audit,
+      clock,
     });
 
     const fleet = await loadControllerFleet(config.stateDir, key, Math.floor(clock.now() / 1000));
@@ -320,6 +331,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       },
       listDevices: () => registry.list(),
       getDevice: (id) => registry.get(id),
+      policy: { current: (id) => policies.current(id), publish: (id, policy, actor) => policies.publish(id, policy, actor) },
       auditView: async (id, query) => {
         const head = await auditStore.head(id);
         if (head === undefined) return (await registry.get(id)) ? { verdict: null, events: [] } : undefined;
@@ -389,6 +401,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       fleet,
       auditIngest,
       auditStore,
+      policies,
       close: closeAll,
     };
   } catch (err) {
