@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 #   systemd:          systemd-notify (watchdog driver test) and systemd-analyze (unit check)
 #   python3:          stands in for systemd's notify socket in the watchdog test
 #   ShellCheck pkg:   lints the shell scripts (build, setup, image)
+#   nftables:         the kernel rulesets Ward's enforcement writes (tests load them in namespaces)
+#   iproute2:         ip netns / veth / bridges for the enforcement tests' gateways and hosts
+#   procps:           sysctl (forwarding and br_netfilter switches in those namespaces)
 declare -A NEED=(
   [mosquitto]="/usr/sbin/mosquitto"
   [openssl]="/usr/bin/openssl"
@@ -31,6 +34,9 @@ declare -A NEED=(
   [systemd]="/usr/bin/systemd-notify"
   [python3]="/usr/bin/python3"
   [shellcheck]="/usr/bin/shellcheck"
+  [nftables]="/usr/sbin/nft"
+  [iproute2]="/usr/sbin/ip"
+  [procps]="/usr/sbin/sysctl"
 )
 
 missing=()

@@ -2,7 +2,10 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
+import YAML from 'yaml';
+import { bareNamespace, LINE_POLICY, nftText } from '../helpers/enforce.js';
 import { freePort, waitFor } from '../helpers/net.js';
+import { netnsUnavailable } from '../helpers/netns.js';
 import { apiDevice, getJson, makeDevice, REPO_ROOT, spawnProcess, startTestController, writeAgentConfig } from '../helpers/stack.js';
 import { tempDir } from '../helpers/tmp.js';
 
@@ -11,6 +14,7 @@ import { tempDir } from '../helpers/tmp.js';
 // the Debian cross sysroots). Emulated start-up takes seconds, hence the generous waits.
 
 const DIST = join(REPO_ROOT, 'dist');
+const netnsReason = await netnsUnavailable();
 const manifest = existsSync(join(DIST, 'manifest.json'))
   ? (JSON.parse(readFileSync(join(DIST, 'manifest.json'), 'utf8')) as { version: string; targets: Record<string, { file: string; sha256: string }> })
   : undefined;
@@ -57,7 +61,11 @@ for (const target of Object.keys(RUNNERS)) {
 
     const device = await makeDevice(t, `gw-bin-${target.replace('linux-', '')}`);
     const controller = await startTestController(t, { devices: [device] });
-    const config = await writeAgentConfig(device, controller, controller.brokerUrl);
+    // Enforcement runs inside the binary too: nft in a namespace of the test's own, on made-up port names.
+    const ns = netnsReason === undefined ? await bareNamespace(t) : undefined;
+    const config = await writeAgentConfig(device, controller, controller.brokerUrl, {
+      ...(ns ? { enforce: { netns: ns, interfaces: { UPLINK: 'up0', PLC1: 'p1', PLC2: 'p2' } } } : {}),
+    });
     const agent = spawnBinary(t, target, ['agent', 'run', '-c', config], cache);
     const online = await waitFor(
       `${target} agent online`,
@@ -77,6 +85,21 @@ for (const target of Object.keys(RUNNERS)) {
       return head && head.events >= 3 ? head : undefined;
     });
     t.is(audited.status, 'ok', JSON.stringify(audited.findings));
+    if (ns) {
+      const put = await getJson<{ version: number }>(`${controller.apiUrl}/api/devices/${device.id}/policy`, {
+        method: 'PUT',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ policy: YAML.parse(LINE_POLICY) }),
+      });
+      t.is(put.status, 200);
+      const listed = await waitFor(`${target} policy in the kernel`, async () => {
+        const text = await nftText(ns, 'list', 'table', 'inet', 'ward').catch(() => '');
+        return text.includes(`version=${put.body.version} `) ? text : undefined;
+      });
+      t.regex(listed, /comment "ward:flow:eng-program"/);
+    } else {
+      t.log(`enforcement inside the binary not checked: ${netnsReason}`);
+    }
     agent.child.kill('SIGTERM');
     t.is(await agent.exited, 0, agent.output().slice(-2000));
     const stopped = await waitFor('clean shutdown reported', async () => {
