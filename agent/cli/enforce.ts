@@ -150,7 +150,13 @@ export async function enforcePropose(opts: { config: string; output?: string }, 
   io.err.write(`proposal: ${proposal.newFlows} new flow(s), ${proposal.newAssets} new asset(s) from ${proposal.observed} observed connection tuple(s)\n`);
 }
 
-export async function enforceFailsafe(opts: { config: string; leave?: boolean; as?: string }, io: EnforceIo): Promise<void> {
+export async function enforceFailsafe(opts: { config: string; leave?: boolean; as?: string; ifServiceFailed?: boolean }, io: EnforceIo): Promise<void> {
+  // systemd's ExecStopPost runs on every stop; only a crash, a watchdog kill or a failed exit means "the agent died".
+  const result = process.env.SERVICE_RESULT;
+  if (opts.ifServiceFailed && (result === undefined || result === 'success')) {
+    io.out.write(`agent stopped cleanly (SERVICE_RESULT=${result ?? 'unset'}): the policy in the kernel stays\n`);
+    return;
+  }
   const changed = await run(opts.config, 'enforce.failsafe', { enter: !opts.leave, actor: operatorName(opts.as) });
   io.out.write(
     changed

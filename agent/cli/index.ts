@@ -254,8 +254,9 @@ export function buildProgram(): Command {
     .description("load the policy's safe flows (failMode safe); systemd runs this when the agent dies")
     .requiredOption('-c, --config <file>', 'agent config file')
     .option('--leave', 'back to the full active policy')
+    .option('--if-service-failed', "only when systemd's $SERVICE_RESULT says the agent failed (for ExecStopPost)")
     .option(...asOption)
-    .action((opts: { config: string; leave?: boolean; as?: string }) => enforceFailsafe(opts, enforceIo));
+    .action((opts: { config: string; leave?: boolean; as?: string; ifServiceFailed?: boolean }) => enforceFailsafe(opts, enforceIo));
   enforce
     .command('check')
     .description('validate a policy file offline (every problem listed)')

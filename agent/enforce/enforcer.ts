@@ -307,6 +307,8 @@ export class Enforcer {
     if (this.#o.binding.mode !== 'bridge') return;
     // Without these, bridged IP traffic never reaches the inet hooks: the policy would silently not apply.
     for (const name of ['net.bridge.bridge-nf-call-iptables', 'net.bridge.bridge-nf-call-ip6tables']) {
+      // The gateway image sets these at boot (the agent runs unprivileged and cannot write /proc/sys); set them only if not.
+      if ((await this.#o.nft.sysctl(name).catch(() => undefined)) === '1') continue;
       await this.#o.nft.sysctl(name, '1');
       const value = await this.#o.nft.sysctl(name);
       if (value !== '1')

@@ -40,6 +40,9 @@ export function spawnRunner(timeoutMs = 30_000): CommandRunner {
     });
 }
 
+/** Debian packages of the programs Ward runs here, for the error an operator reads. */
+const PACKAGE_OF: Readonly<Record<string, string>> = { nft: 'nftables', sysctl: 'procps', ip: 'iproute2' };
+
 const SYSTEM_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/bin'];
 
 /**
@@ -104,13 +107,9 @@ export class Nft {
     } catch (cause) {
       const code = (cause as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') {
-        throw new WardError(
-          ErrorCodes.ENFORCE_NFT_MISSING,
-          `cannot run ${[...this.#prefix, argv[0]].join(' ')}: not installed (install the nftables package)`,
-          {
-            cause,
-          },
-        );
+        const program = this.#prefix[0] ?? argv[0] ?? '';
+        const pkg = PACKAGE_OF[program.split('/').pop() ?? ''] ?? 'nftables';
+        throw new WardError(ErrorCodes.ENFORCE_NFT_MISSING, `cannot run ${program}: not installed (install the ${pkg} package)`, { cause });
       }
       throw new WardError(ErrorCodes.ENFORCE_APPLY_FAILED, `cannot run ${argv[0]}: ${(cause as Error).message}`, { cause, retryable: true });
     }

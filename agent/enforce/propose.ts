@@ -64,7 +64,7 @@ export function proposePolicy(active: Policy, plan: Plan, learned: Learned, now 
   const flowId = (from: string, to: string) => {
     const base = `${from}-to-${to}`.slice(0, 27).replace(/-+$/, '');
     let id = `l-${base}`.slice(0, 31);
-    for (let i = 2; taken.has(id); i++) id = `l-${base}`.slice(0, 28) + `-${i}`;
+    for (let i = 2; taken.has(id); i++) id = `${`l-${base}`.slice(0, 30 - String(i).length)}-${i}`;
     taken.add(id);
     return id;
   };
