@@ -218,3 +218,36 @@ maybe('learn mode re-applies the active policy with learn sets, and stops again'
   await enforcer.setLearning(undefined, 'erin');
   t.notRegex((await kernelTag(nft)) ?? '', /learn/);
 });
+
+maybe('fail-safe loads the safe flows only (failMode safe) and leaving it restores the full policy; keep-last never changes the kernel', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer, audit } = await openEnforcer(t, nft, routed);
+  const keepLast = await enforcer.apply({ validated: linePolicy(), version: 1, source: 'controller', actor: 'controller' });
+  t.false(await enforcer.enterFailsafe('controller silent'), 'keep-last: nothing to switch to');
+  t.is(await kernelTag(nft), keepLast.tag);
+
+  const full = await enforcer.apply({
+    validated: linePolicy((p) => {
+      p.failMode = { kind: 'safe', afterSeconds: 3600 };
+      p.safe = ['historian-poll', 'mgmt-ssh'];
+    }),
+    version: 2,
+    source: 'controller',
+    actor: 'controller',
+  });
+  t.true(await enforcer.enterFailsafe('controller silent for 3600 s'));
+  const safeTag = await kernelTag(nft);
+  t.regex(safeTag ?? '', / safe$/);
+  const listing = await nftText(ns, 'list', 'table', 'inet', 'ward');
+  t.true(listing.includes('ward:flow:historian-poll'));
+  t.false(listing.includes('ward:flow:eng-program'), 'engineering access is not a safe flow');
+  t.is((await enforcer.status()).inKernel, 'yes');
+  t.true((await enforcer.status()).failsafe);
+  t.true(await enforcer.leaveFailsafe('controller back'));
+  t.is(await kernelTag(nft), full.tag);
+  t.deepEqual(
+    audit.events.filter((e) => e.action === 'enforce.failsafe').map((e) => (e.details as { entered: boolean }).entered),
+    [true, false],
+  );
+});
