@@ -10,6 +10,7 @@ import { type AgentConfig, agentConfigSchema } from '../config/schema.js';
 import { callLocal } from '../control/local.js';
 import { teeAudit } from '../core/audit.js';
 import { systemClock } from '../core/clock.js';
+import { ErrorCodes, WardError } from '../core/errors.js';
 import type { EnforceStatus } from '../enforce/enforcer.js';
 import { EnforceService } from '../enforce/service.js';
 import { loadSigningKey } from '../identity/keystore.js';
@@ -183,4 +184,21 @@ export function parseLearnDuration(text: string): number {
   const ms = m ? Number(m[1]) * (UNITS[m[2] ?? ''] ?? 0) : Number.NaN;
   if (!Number.isFinite(ms) || ms < 60_000 || ms > 7 * 86_400_000) throw new InvalidArgumentError('expected a duration from 1m to 7d (30m, 24h, 3d)');
   return ms;
+}
+
+/** `ward controller policy-push`: checks a policy file locally, then asks the controller to sign and publish it for a device. */
+export async function policyPush(opts: { api: string; device: string; policy: string; as?: string }, io: EnforceIo): Promise<void> {
+  const { policy } = parsePolicyText(await readFile(opts.policy, 'utf8'));
+  const res = await fetch(new URL(`/api/devices/${encodeURIComponent(opts.device)}/policy`, opts.api), {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ policy, actor: operatorName(opts.as) }),
+  }).catch((cause: unknown) => {
+    throw new WardError(ErrorCodes.LINK_CONNECT_FAILED, `controller API ${opts.api} is not reachable (is the controller running?)`, { cause, retryable: true });
+  });
+  const body = (await res.json().catch(() => ({}))) as { version?: number; digest?: string; error?: { code?: string; message?: string } };
+  if (!res.ok || typeof body.version !== 'number') {
+    throw new WardError(ErrorCodes.POLICY_INVALID, `controller refused: ${body.error?.code ?? res.status} ${body.error?.message ?? ''}`.trim());
+  }
+  io.out.write(`published policy ${policy.name} version ${body.version} (sha256 ${body.digest}) for ${opts.device}\n`);
 }

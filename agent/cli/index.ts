@@ -22,6 +22,7 @@ import {
   enforceRollback,
   enforceStatus,
   parseLearnDuration,
+  policyPush,
 } from './enforce.js';
 import { enrollCode, fleetCertify, fleetInit, fleetShow, identityQr, identityReset, identityShow, provisionCommand } from './identity.js';
 import { ExitCode, fatal, runUntilSignal } from './run.js';
@@ -107,6 +108,15 @@ export function buildProgram(): Command {
     .action(async (opts: { site: string; line: string; cell: string; ttl: string; api: string; png?: string; svg?: string; terminal: boolean }) => {
       await enrollCode(opts, process.stdout);
     });
+
+  controller
+    .command('policy-push')
+    .description('check a segmentation policy file, then have the controller sign and publish it for a gateway')
+    .requiredOption('--device <id>', 'the gateway')
+    .requiredOption('--policy <file>', 'policy file (YAML or JSON)')
+    .option('--api <url>', 'controller API', 'http://127.0.0.1:8080')
+    .option('--as <name>', 'operator name recorded in the audit event (default $SUDO_USER or $USER)')
+    .action((opts: { device: string; policy: string; api: string; as?: string }) => policyPush(opts, { out: process.stdout, err: process.stderr }));
 
   controller
     .command('mosquitto-setup')

@@ -1,3 +1,4 @@
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import mqtt from 'mqtt';
@@ -11,7 +12,7 @@ import { staticAgent } from '../helpers/audit-stack.js';
 import { LINE_POLICY } from '../helpers/enforce.js';
 import { waitFor } from '../helpers/net.js';
 import { createTopology, netnsUnavailable } from '../helpers/netns.js';
-import { getJson, makeDevice, startTestController } from '../helpers/stack.js';
+import { getJson, makeDevice, spawnWard, startTestController } from '../helpers/stack.js';
 import { tempDir } from '../helpers/tmp.js';
 
 /**
@@ -60,14 +61,18 @@ async function stack(t: ExecutionContext, id: string) {
   return { topo, controller, agent, audit, put, controllerKey };
 }
 
-maybe('a policy PUT to the controller is signed, delivered, applied, and the attack it stops is audited at the controller', async (t) => {
-  const { topo, controller, agent, put } = await stack(t, 'gw-enforce-1');
+maybe('a policy pushed to the controller is signed, delivered, applied, and the attack it stops is audited at the controller', async (t) => {
+  const { topo, controller, agent } = await stack(t, 'gw-enforce-1');
   const { attacker, eng, plc1 } = topo.hosts;
   t.is(await topo.tcp(attacker, plc1, 502), 'connected', 'no policy yet');
 
-  const res = await put(policyFor());
-  t.is(res.status, 200, JSON.stringify(res.body));
-  const version = res.body.version;
+  // As an operator does it: the CLI checks the file, the controller signs and publishes it.
+  const file = join(await tempDir(t, 'ward-policy-'), 'line.yaml');
+  await writeFile(file, LINE_POLICY);
+  const push = spawnWard(t, ['controller', 'policy-push', '--api', controller.apiUrl, '--device', 'gw-enforce-1', '--policy', file, '--as', 'alice']);
+  t.is(await push.exited, 0, push.output());
+  const version = Number(/version (\d+)/.exec(push.output())?.[1]);
+  t.true(version > 0, push.output());
   await waitFor('policy applied by the agent', () => agent.enforce.enforcer.active?.version === version, 30_000);
   t.is(await topo.tcp(eng, plc1, 502), 'connected');
   t.is(await topo.tcp(attacker, plc1, 502, 800), 'timeout');
