@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 #   nftables:         the kernel rulesets Ward's enforcement writes (tests load them in namespaces)
 #   iproute2:         ip netns / veth / bridges for the enforcement tests' gateways and hosts
 #   procps:           sysctl (forwarding and br_netfilter switches in those namespaces)
+#   conntrack:        revokes established connections a tightened policy denies
 declare -A NEED=(
   [mosquitto]="/usr/sbin/mosquitto"
   [openssl]="/usr/bin/openssl"
@@ -37,6 +38,7 @@ declare -A NEED=(
   [nftables]="/usr/sbin/nft"
   [iproute2]="/usr/sbin/ip"
   [procps]="/usr/sbin/sysctl"
+  [conntrack]="/usr/sbin/conntrack"
 )
 
 missing=()

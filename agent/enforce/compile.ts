@@ -26,8 +26,14 @@ import type { ChainPlan, Plan, PortRanges, RulePlan, ZonePlan } from './plan.js'
  *   bypass the IP rules).
  */
 export const TABLE = 'ward';
-/** Bits of the packet mark Ward uses in bridge mode: ingress zone in 24-31, egress zone in 16-23. */
+/**
+ * Bits of the packet mark Ward owns in bridge mode: ingress zone in 24-31, egress zone in 16-23 (0 = a port in
+ * no zone), and bit 15 set on every frame the bridge forwards (absent: the gateway routed it).
+ */
 export const MARK_MASK = 0xffff0000;
+const BRIDGED_BIT = 0x00008000;
+/** An address group this large becomes a named set shared by the rules that use it. */
+const NAMED_SET_THRESHOLD = 8;
 const DENIED_SET_SIZE = 4096;
 const DENIED_TIMEOUT = '1h';
 const LEARN_SET_SIZE = 65_535;
@@ -46,15 +52,23 @@ export interface Ruleset {
 }
 
 export function renderRuleset(plan: Plan): Ruleset {
-  const out: string[] = [];
   const comments: string[] = [];
-  const rule = (indent: number, text: string, comment?: string) => {
-    if (comment !== undefined) comments.push(comment);
-    out.push(`${'\t'.repeat(indent)}${text}${comment !== undefined ? ` comment "${comment}"` : ''}`);
-  };
+  const emit =
+    (into: string[]): Emit =>
+    (indent, text, comment) => {
+      if (comment !== undefined) comments.push(comment);
+      into.push(`${'\t'.repeat(indent)}${text}${comment !== undefined ? ` comment "${comment}"` : ''}`);
+    };
   const bridge = plan.binding.mode === 'bridge';
-  renderInet(plan, rule, out, bridge);
-  if (bridge) renderBridge(plan, rule, out);
+  const addresses = new AddressBook();
+  const chains: string[] = [];
+  renderHooks(plan, emit(chains), chains, bridge);
+  for (const chain of plan.chains) renderChain(chain, plan, emit(chains), chains, addresses);
+  const out: string[] = [`table inet ${TABLE} {`, '\tcomment "@TAG@"'];
+  out.push(...addresses.render());
+  for (const chain of plan.chains) renderSets(chain, plan, out);
+  out.push(...chains, '}');
+  if (bridge) renderBridge(plan, emit(out), out);
   const definitions = out.join('\n');
   const digest = createHash('sha256').update(definitions).digest('hex');
   const tag = `ward policy=${plan.policy} version=${plan.version} digest=${digest.slice(0, 16)} mode=${plan.binding.mode}${plan.safe ? ' safe' : ''}${plan.learn ? ' learn' : ''}`;
@@ -75,28 +89,58 @@ export function renderRuleset(plan: Plan): Ruleset {
 
 type Emit = (indent: number, text: string, comment?: string) => void;
 
-function renderInet(plan: Plan, rule: Emit, out: string[], bridge: boolean): void {
-  out.push(`table inet ${TABLE} {`);
-  out.push('\tcomment "@TAG@"');
-  for (const chain of plan.chains) renderSets(chain, plan, out);
+/** Address groups used by several rules, or too large to repeat inline, as named interval sets. */
+class AddressBook {
+  readonly #sets = new Map<string, { name: string; items: string[] }>();
 
-  const zonesWithIfaces = plan.zones.filter((z) => z.interfaces.length > 0);
+  ref(cidrs: readonly Cidr[]): string {
+    const items = collapse(cidrs).map((c) => c.text);
+    if (items.length <= NAMED_SET_THRESHOLD) return set(items);
+    const key = items.join(',');
+    let entry = this.#sets.get(key);
+    if (!entry) {
+      entry = { name: `a_${this.#sets.size + 1}`, items };
+      this.#sets.set(key, entry);
+    }
+    return `@${entry.name}`;
+  }
+
+  render(): string[] {
+    return [...this.#sets.values()].flatMap(({ name, items }) => [
+      `\tset ${name} {`,
+      '\t\ttype ipv4_addr',
+      '\t\tflags interval',
+      `\t\telements = ${set(items)}`,
+      '\t}',
+    ]);
+  }
+}
+
+function renderHooks(plan: Plan, rule: Emit, out: string[], bridge: boolean): void {
+  const zones = plan.zones.filter((z) => z.interfaces.length > 0);
   out.push('', '\tchain forward {', '\t\ttype filter hook forward priority filter; policy accept;');
   rule(2, 'ct state established,related accept', 'ward:fastpath');
   if (bridge) {
+    rule(2, `meta mark & ${hex(BRIDGED_BIT)} == 0 jump routed`, 'ward:routed');
     const elements: string[] = [];
-    for (const from of zonesWithIfaces) for (const to of zonesWithIfaces) elements.push(`${hex(markOf(from, to))} : jump pair_${from.index}_${to.index}`);
-    if (elements.length > 0) rule(2, `meta mark & ${hex(MARK_MASK)} vmap { ${elements.join(', ')} }`);
+    const all = [undefined, ...zones];
+    for (const from of all) for (const to of all) elements.push(`${hex(markOf(from, to))} : jump pair_${from?.index ?? 0}_${to?.index ?? 0}`);
+    rule(2, `meta mark & ${hex(MARK_MASK)} vmap { ${elements.join(', ')} }`);
   } else {
-    const elements: string[] = [];
-    for (const from of zonesWithIfaces) {
-      for (const to of zonesWithIfaces) {
-        for (const i of from.interfaces) for (const o of to.interfaces) elements.push(`${q(i)} . ${q(o)} : jump pair_${from.index}_${to.index}`);
+    // Both ports zoned, then only the egress zoned, then only the ingress: a port in no zone is zone 0.
+    const pairs: string[] = [];
+    for (const from of zones) {
+      for (const to of zones) {
+        for (const i of from.interfaces) for (const o of to.interfaces) pairs.push(`${q(i)} . ${q(o)} : jump pair_${from.index}_${to.index}`);
       }
     }
-    if (elements.length > 0) rule(2, `iifname . oifname vmap { ${elements.join(', ')} }`);
+    if (pairs.length > 0) rule(2, `iifname . oifname vmap { ${pairs.join(', ')} }`);
+    const outs = zones.flatMap((z) => z.interfaces.map((o) => `${q(o)} : jump pair_0_${z.index}`));
+    if (outs.length > 0) rule(2, `oifname vmap { ${outs.join(', ')} }`);
+    const ins = zones.flatMap((z) => z.interfaces.map((i) => `${q(i)} : jump pair_${z.index}_0`));
+    if (ins.length > 0) rule(2, `iifname vmap { ${ins.join(', ')} }`);
   }
-  defaultVerdict(rule, plan.unzonedMode, 'ward:unzoned');
+  rule(2, 'jump pair_0_0', 'ward:unzoned');
   out.push('\t}');
 
   out.push('', '\tchain input {', '\t\ttype filter hook input priority filter; policy accept;');
@@ -106,17 +150,14 @@ function renderInet(plan: Plan, rule: Emit, out: string[], bridge: boolean): voi
   rule(2, 'udp sport 67 udp dport 68 accept', 'ward:dhcp');
   rule(2, 'icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept', 'ward:ndp');
   if (bridge) {
-    const elements = zonesWithIfaces.map((z) => `${hex(markOf(z, undefined))} : jump in_${z.index}`);
+    const elements = zones.map((z) => `${hex(markOf(z, undefined))} : jump in_${z.index}`);
     if (elements.length > 0) rule(2, `meta mark & ${hex(0xff000000)} vmap { ${elements.join(', ')} }`);
   } else {
-    const elements = zonesWithIfaces.flatMap((z) => z.interfaces.map((i) => `${q(i)} : jump in_${z.index}`));
+    const elements = zones.flatMap((z) => z.interfaces.map((i) => `${q(i)} : jump in_${z.index}`));
     if (elements.length > 0) rule(2, `iifname vmap { ${elements.join(', ')} }`);
   }
-  defaultVerdict(rule, plan.unzonedMode, 'ward:unzoned-in');
+  rule(2, 'jump in_0', 'ward:unzoned-in');
   out.push('\t}');
-
-  for (const chain of plan.chains) renderChain(chain, plan, rule, out);
-  out.push('}');
 }
 
 function renderSets(chain: ChainPlan, plan: Plan, out: string[]): void {
@@ -150,29 +191,35 @@ function renderSets(chain: ChainPlan, plan: Plan, out: string[]): void {
   }
 }
 
-function renderChain(chain: ChainPlan, plan: Plan, rule: Emit, out: string[]): void {
+function renderChain(chain: ChainPlan, plan: Plan, rule: Emit, out: string[], addresses: AddressBook): void {
   const enforce = chain.mode === 'enforce';
   const verdict = enforce ? 'drop' : 'accept';
   out.push('', `\tchain ${chain.name} {`);
-  out.push(`\t\t# ${chain.kind === 'pair' ? `zone ${chain.from} -> zone ${chain.to}` : `zone ${chain.from} -> the gateway`}: ${chain.mode}`);
+  const what =
+    chain.name === 'routed'
+      ? 'routed through a bridge-mode gateway'
+      : chain.kind === 'pair'
+        ? `zone ${chain.from} -> zone ${chain.to}`
+        : `zone ${chain.from} -> the gateway`;
+  out.push(`\t\t# ${what}: ${chain.mode}`);
   rule(2, `ct state invalid counter ${verdict}`, `ward:invalid:${chain.name}`);
   if (plan.learn) rule(2, `meta l4proto { tcp, udp } update @l_${chain.name} { ip saddr . ip daddr . meta l4proto . th dport }`, `ward:learn:${chain.name}`);
-  for (const r of chain.rules) renderFlowRule(chain, r, rule);
+  for (const r of chain.rules) renderFlowRule(chain, r, rule, addresses);
   rule(
     2,
     `meta l4proto { tcp, udp } update @d_${chain.name} { ip saddr . ip daddr . meta l4proto . th dport } counter ${verdict}`,
     `ward:default:${chain.name}`,
   );
-  rule(2, `meta nfproto ipv4 update @o_${chain.name} { ip saddr . ip daddr . meta l4proto } counter ${verdict}`, `ward:default:${chain.name}`);
+  // Reached only when the denied set is full: still judged, and counted so the report can say how much went unitemized.
+  rule(2, `meta l4proto { tcp, udp } meta nfproto ipv4 counter ${verdict}`, `ward:overflow:${chain.name}`);
+  rule(2, `meta nfproto ipv4 update @o_${chain.name} { ip saddr . ip daddr . meta l4proto } counter ${verdict}`, `ward:default-other:${chain.name}`);
+  rule(2, `meta nfproto ipv4 counter ${verdict}`, `ward:overflow:${chain.name}`);
   rule(2, `counter ${verdict}`, `ward:default-ip6:${chain.name}`);
   out.push('\t}');
 }
 
-function renderFlowRule(chain: ChainPlan, r: RulePlan, rule: Emit): void {
-  const addr = [
-    r.src.length > 0 ? `ip saddr ${set(collapse(r.src).map((c) => c.text))}` : '',
-    r.dst.length > 0 ? `ip daddr ${set(collapse(r.dst).map((c) => c.text))}` : '',
-  ]
+function renderFlowRule(chain: ChainPlan, r: RulePlan, rule: Emit, addresses: AddressBook): void {
+  const addr = [r.src.length > 0 ? `ip saddr ${addresses.ref(r.src)}` : '', r.dst.length > 0 ? `ip daddr ${addresses.ref(r.dst)}` : '']
     .filter(Boolean)
     .join(' ');
   const match = (m: string) => [addr || 'meta nfproto ipv4', m].join(' ');
@@ -196,35 +243,54 @@ function renderFlowRule(chain: ChainPlan, r: RulePlan, rule: Emit): void {
 function renderBridge(plan: Plan, rule: Emit, out: string[]): void {
   const zones = plan.zones.filter((z) => z.interfaces.length > 0);
   out.push('', `table bridge ${TABLE} {`, '\tcomment "@TAG@"');
+  for (const z of zones) {
+    out.push('', `\tchain tag_in_${z.index} {`);
+    rule(2, `meta mark set meta mark | ${hex(markOf(z, undefined))}`);
+    out.push('\t}', '', `\tchain tag_out_${z.index} {`);
+    rule(2, `meta mark set meta mark | ${hex(markOf(undefined, z))}`);
+    out.push('\t}');
+  }
   out.push('', '\tchain forward {', '\t\ttype filter hook forward priority -200; policy accept;');
+  // Ward owns the packet mark of bridged traffic: cleared, then ingress zone, egress zone and the bridged bit.
   rule(2, 'meta mark set 0x00000000', 'ward:mark-clear');
-  const pairs: string[] = [];
-  for (const from of zones)
-    for (const to of zones) for (const i of from.interfaces) for (const o of to.interfaces) pairs.push(`${q(i)} . ${q(o)} : ${hex(markOf(from, to))}`);
-  if (pairs.length > 0) rule(2, `meta mark set iifname . oifname map { ${pairs.join(', ')} }`, 'ward:mark');
-  for (const z of zones) renderL2(z, plan, rule);
+  const ins = zones.flatMap((z) => z.interfaces.map((i) => `${q(i)} : jump tag_in_${z.index}`));
+  const outs = zones.flatMap((z) => z.interfaces.map((o) => `${q(o)} : jump tag_out_${z.index}`));
+  if (ins.length > 0) rule(2, `iifname vmap { ${ins.join(', ')} }`, 'ward:mark-in');
+  if (outs.length > 0) rule(2, `oifname vmap { ${outs.join(', ')} }`, 'ward:mark-out');
+  rule(2, `meta mark set meta mark | ${hex(BRIDGED_BIT)}`, 'ward:mark-bridged');
+  renderL2(plan, zones, rule);
   out.push('\t}');
   out.push('', '\tchain input {', '\t\ttype filter hook input priority -200; policy accept;');
   rule(2, 'meta mark set 0x00000000', 'ward:mark-clear');
-  const ins = zones.flatMap((z) => z.interfaces.map((i) => `${q(i)} : ${hex(markOf(z, undefined))}`));
-  if (ins.length > 0) rule(2, `meta mark set iifname map { ${ins.join(', ')} }`, 'ward:mark');
-  for (const z of zones) renderL2(z, plan, rule);
+  if (ins.length > 0) rule(2, `iifname vmap { ${ins.join(', ')} }`, 'ward:mark-in');
   out.push('\t}', '}');
 }
 
-function renderL2(zone: ZonePlan, plan: Plan, rule: Emit): void {
-  // IPv6 passes to the inet rules (which default-deny new IPv6 connections), so it is not an EtherType problem here.
-  const allowed = ['ip', 'arp', 'ip6', ...zone.ethertypes];
-  const mode = zone.kind === 'cell' ? zone.mode : plan.unzonedMode;
-  rule(2, `iifname ${set(zone.interfaces.map(q))} ether type != ${set(allowed)} counter ${mode === 'enforce' ? 'drop' : 'accept'}`, `ward:l2:${zone.name}`);
+/**
+ * EtherTypes a frame may carry between two ports: IPv4, ARP and IPv6 (which the inet rules judge) plus what
+ * the zones on either side allow, judged in the mode of the pair (the destination cell's, as for IP).
+ */
+function renderL2(plan: Plan, zones: readonly ZonePlan[], rule: Emit): void {
+  const base = ['ip', 'arp', 'ip6'];
+  const allowed = (...z: (ZonePlan | undefined)[]) => set([...new Set([...base, ...z.flatMap((x) => x?.ethertypes ?? [])])]);
+  const mode = (from: ZonePlan | undefined, to: ZonePlan | undefined) => (to?.kind === 'cell' ? to.mode : from?.kind === 'cell' ? from.mode : plan.unzonedMode);
+  const verdict = (m: 'observe' | 'enforce') => (m === 'enforce' ? 'drop' : 'accept');
+  const ifs = (z: ZonePlan) => set(z.interfaces.map(q));
+  for (const from of zones) {
+    for (const to of zones) {
+      rule(
+        2,
+        `iifname ${ifs(from)} oifname ${ifs(to)} ether type != ${allowed(from, to)} counter ${verdict(mode(from, to))}`,
+        `ward:l2:${from.name}>${to.name}`,
+      );
+    }
+  }
+  for (const to of zones) rule(2, `oifname ${ifs(to)} ether type != ${allowed(to)} counter ${verdict(mode(undefined, to))}`, `ward:l2:*>${to.name}`);
+  for (const from of zones) rule(2, `iifname ${ifs(from)} ether type != ${allowed(from)} counter ${verdict(mode(from, undefined))}`, `ward:l2:${from.name}>*`);
 }
 
-function defaultVerdict(rule: Emit, mode: 'observe' | 'enforce', comment: string): void {
-  rule(2, `counter ${mode === 'enforce' ? 'drop' : 'accept'}`, comment);
-}
-
-export function markOf(from: ZonePlan, to: ZonePlan | undefined): number {
-  return ((from.index << 24) | ((to?.index ?? 0) << 16)) >>> 0;
+export function markOf(from: ZonePlan | undefined, to: ZonePlan | undefined): number {
+  return (((from?.index ?? 0) << 24) | ((to?.index ?? 0) << 16)) >>> 0;
 }
 
 function hex(n: number): string {

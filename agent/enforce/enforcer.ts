@@ -10,7 +10,7 @@ import { checkPolicy, type Mode, parseService, type ValidatedPolicy, type Valida
 import { ensurePrivateDir, readJsonFile, writeFileAtomic } from '../state/files.js';
 import { type Ruleset, renderRuleset } from './compile.js';
 import type { Nft, WardTables } from './nft.js';
-import { type Binding, buildPlan, evaluate, type Plan, zoneOfPort } from './plan.js';
+import { type Binding, buildPlan, connectionsToRevoke, evaluate, type Plan, zoneOfPort } from './plan.js';
 
 /**
  * Puts a policy into the kernel and keeps it there (DESIGN.md §6).
@@ -43,6 +43,8 @@ export interface EnforcerOptions {
   readonly management?: readonly ManagementRequirement[];
   /** What policies are checked against here (ports this gateway has, plugin operations). */
   readonly context?: ValidationContext;
+  /** Forget established connections a new ruleset denies (default true; needs the conntrack tool). */
+  readonly revokeEstablished?: boolean;
 }
 
 const activeRecord = z.strictObject({
@@ -300,7 +302,40 @@ export class Enforcer {
       });
     }
     this.#o.log.info({ version, policy: validated.policy.name, tag: ruleset.tag, forced: record.forced }, 'policy applied');
+    await this.#revokeEstablished(plan, request.actor);
     return { version, tag: ruleset.tag, changedModes, warnings: plan.warnings };
+  }
+
+  /**
+   * The fast path keeps established connections whatever the new rules say: those the rules in force now deny
+   * are forgotten, so their next packet is judged (and dropped) like a new one. Best effort: a failure is
+   * reported, never undoes the apply.
+   */
+  async #revokeEstablished(plan: Plan | undefined, actor: string): Promise<void> {
+    if (!plan || !plan.chains.some((c) => c.mode === 'enforce') || this.#o.revokeEstablished === false) return;
+    try {
+      const [connections, local] = [await this.#o.nft.connections(), await this.#o.nft.localAddresses()];
+      const revoke = connectionsToRevoke(plan, connections, local);
+      let forgotten = 0;
+      for (const c of revoke) if (await this.#o.nft.forget(c)) forgotten += 1;
+      if (revoke.length === 0) return;
+      this.#o.audit.record({
+        category: 'access-control',
+        actor,
+        action: 'enforce.connections-revoked',
+        target: 'conntrack',
+        outcome: 'success',
+        details: {
+          count: forgotten,
+          version: plan.version,
+          examples: revoke.slice(0, 10).map((c) => `${c.src}:${c.sport} -> ${c.dst}:${c.dport}/${c.proto}`),
+        },
+      });
+      this.#o.log.info({ count: forgotten }, 'established connections the policy no longer allows were revoked');
+    } catch (err) {
+      this.#o.log.warn({ err: describeError(err) }, 'could not revoke established connections the new policy denies');
+      this.#record('enforce.connections-revoked', 'failure', actor, { error: describeError(err) }, codeOf(err));
+    }
   }
 
   async #prepareKernel(): Promise<void> {
@@ -405,6 +440,7 @@ export class Enforcer {
       this.#active = previous;
       this.#plan = this.#planFor(this.#activeValidated(), previous.version);
       this.#record('enforce.rollback', 'success', actor, { from, to: previous.version, tag: previous.tag }, undefined);
+      await this.#revokeEstablished(this.#plan, actor);
       return { version: previous.version };
     });
   }
@@ -443,6 +479,7 @@ export class Enforcer {
       await writeFileAtomic(join(this.#o.dir, FILES.failsafe), `${JSON.stringify({ since: this.#clock.now(), reason })}\n`);
       this.#plan = this.#planFor(this.#activeValidated(), this.#active.version, { safe: true });
       this.#record('enforce.failsafe', 'success', actor, { version: this.#active.version, reason, entered: true }, undefined);
+      await this.#revokeEstablished(this.#plan, actor);
       return true;
     });
   }

@@ -41,7 +41,7 @@ export function spawnRunner(timeoutMs = 30_000): CommandRunner {
 }
 
 /** Debian packages of the programs Ward runs here, for the error an operator reads. */
-const PACKAGE_OF: Readonly<Record<string, string>> = { nft: 'nftables', sysctl: 'procps', ip: 'iproute2' };
+const PACKAGE_OF: Readonly<Record<string, string>> = { nft: 'nftables', sysctl: 'procps', ip: 'iproute2', conntrack: 'conntrack' };
 
 const SYSTEM_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/bin'];
 
@@ -79,6 +79,14 @@ export interface RuleCounter {
   readonly handle: number;
   readonly packets: number;
   readonly bytes: number;
+}
+
+export interface Connection {
+  readonly proto: 'tcp' | 'udp';
+  readonly src: string;
+  readonly dst: string;
+  readonly sport: number;
+  readonly dport: number;
 }
 
 export interface WardTables {
@@ -206,6 +214,46 @@ export class Nft {
 
   async deleteTables(): Promise<void> {
     await this.load(`table inet ${TABLE}\ndelete table inet ${TABLE}\ntable bridge ${TABLE}\ndelete table bridge ${TABLE}\n`);
+  }
+
+  /** Tracked TCP/UDP connections (original direction), from the conntrack tool. */
+  async connections(): Promise<Connection[]> {
+    const out: Connection[] = [];
+    for (const proto of ['tcp', 'udp'] as const) {
+      const r = await this.#exec([systemBinary('conntrack'), '-L', '-p', proto]);
+      if (r.code !== 0) throw new WardError(ErrorCodes.ENFORCE_APPLY_FAILED, `conntrack -L failed: ${firstLines(r.stderr)}`, { retryable: true });
+      for (const line of r.stdout.split('\n')) {
+        const m = /\bsrc=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)/.exec(line);
+        if (m) out.push({ proto, src: m[1] as string, dst: m[2] as string, sport: Number(m[3]), dport: Number(m[4]) });
+      }
+    }
+    return out;
+  }
+
+  /** The gateway's own IPv4 addresses (its connections are not forwarded traffic). */
+  async localAddresses(): Promise<string[]> {
+    const r = await this.#exec([systemBinary('ip'), '-o', '-4', 'addr', 'show']);
+    if (r.code !== 0) throw new WardError(ErrorCodes.ENFORCE_APPLY_FAILED, `ip addr failed: ${firstLines(r.stderr)}`, { retryable: true });
+    return [...r.stdout.matchAll(/\binet (\d+\.\d+\.\d+\.\d+)\//g)].map((m) => m[1] as string);
+  }
+
+  /** Forgets one tracked connection: its next packet is judged as new, by the rules now in force. */
+  async forget(c: Connection): Promise<boolean> {
+    const r = await this.#exec([
+      systemBinary('conntrack'),
+      '-D',
+      '-p',
+      c.proto,
+      '--orig-src',
+      c.src,
+      '--orig-dst',
+      c.dst,
+      '--orig-port-src',
+      String(c.sport),
+      '--orig-port-dst',
+      String(c.dport),
+    ]);
+    return r.code === 0;
   }
 
   async sysctl(name: string, value?: string): Promise<string> {

@@ -27,6 +27,9 @@ import {
  */
 export type GatewayMode = 'routed' | 'bridge';
 
+/** The pseudo-zone of every port the policy does not bind (index 0). */
+export const UNZONED = '(unzoned)';
+
 export interface Binding {
   readonly mode: GatewayMode;
   /** Board port name → kernel interface name (from the hardware profile, or config overrides). */
@@ -95,6 +98,8 @@ export interface Plan {
   readonly safe: boolean;
   readonly learn: boolean;
   readonly warnings: readonly string[];
+  /** Where the policy places addresses (assets and zone subnets), for judging tracked connections. */
+  readonly addressZones: readonly { readonly cidr: Cidr; readonly zone: number }[];
 }
 
 export function zoneMode(policy: Policy, zone: Zone): Mode {
@@ -122,21 +127,36 @@ export function buildPlan(validated: ValidatedPolicy, options: PlanOptions): Pla
       ethertypes: z.ethertypes ?? [],
     };
   });
+  // Ports in no zone (or with no interface here) are one more zone, so traffic from them into a cell is judged
+  // in that cell's mode like any other, rather than in the policy's default.
+  const unzoned: ZonePlan = { name: UNZONED, index: 0, kind: 'uplink', mode: policy.mode, ports: [], interfaces: [], ethertypes: [] };
   const zoneByName = new Map(zones.map((z) => [z.name, z]));
   const policyZones = new Map(policy.zones.map((z) => [z.name, z]));
   const assets = new Map(policy.assets.map((a) => [a.name, a]));
   const roles = new Map<string, typeof policy.assets>();
-  for (const a of policy.assets) for (const r of a.roles) roles.set(r, [...(roles.get(r) ?? []), a]);
+  for (const a of policy.assets) {
+    for (const r of a.roles) {
+      const members = roles.get(r);
+      if (members) members.push(a);
+      else roles.set(r, [a]);
+    }
+  }
 
   const pairMode = (from: ZonePlan, to: ZonePlan): Mode => (to.kind === 'cell' ? to.mode : from.kind === 'cell' ? from.mode : policy.mode);
   const chains = new Map<string, { plan: Omit<ChainPlan, 'rules'>; rules: RulePlan[] }>();
-  for (const from of zones) {
-    for (const to of zones) {
+  for (const from of [unzoned, ...zones]) {
+    for (const to of [unzoned, ...zones]) {
       const name = `pair_${from.index}_${to.index}`;
       chains.set(name, { plan: { name, kind: 'pair', from: from.name, to: to.name, mode: pairMode(from, to) }, rules: [] });
     }
     const name = `in_${from.index}`;
     chains.set(name, { plan: { name, kind: 'input', from: from.name, to: GATEWAY, mode: from.mode }, rules: [] });
+  }
+  if (options.binding.mode === 'bridge') {
+    // A bridge does not route: traffic the gateway would route between its own bridge ports (someone using its
+    // management address as a router) cannot be matched to a zone pair, so it is judged as strictly as the strictest cell.
+    const strict: Mode = zones.some((z) => z.kind === 'cell' && z.mode === 'enforce') ? 'enforce' : policy.mode;
+    chains.set('routed', { plan: { name: 'routed', kind: 'pair', from: UNZONED, to: UNZONED, mode: strict }, rules: [] });
   }
 
   const kept = options.safe ? new Set(policy.safe) : undefined;
@@ -165,6 +185,10 @@ export function buildPlan(validated: ValidatedPolicy, options: PlanOptions): Pla
     zones,
     chains: [...chains.values()].map((c) => ({ ...c.plan, rules: c.rules })),
     unzonedMode: policy.mode,
+    addressZones: [
+      ...policy.assets.map((a) => ({ cidr: parseCidr(a.ip) as Cidr, zone: zoneByName.get(a.zone)?.index ?? 0 })),
+      ...policy.zones.flatMap((z) => (z.subnets ?? []).map((sn) => ({ cidr: parseCidr(sn) as Cidr, zone: zoneByName.get(z.name)?.index ?? 0 }))),
+    ],
     safe: options.safe === true,
     learn: options.learn === true,
     warnings,
@@ -224,21 +248,16 @@ export function zoneOfPort(plan: Plan, port: string | undefined): ZonePlan | und
 }
 
 export function chainFor(plan: Plan, probe: Pick<Probe, 'inPort' | 'outPort'>): ChainPlan | undefined {
-  const from = zoneOfPort(plan, probe.inPort);
-  if (!from) return undefined;
-  if (probe.outPort === 'gateway') return plan.chains.find((c) => c.name === `in_${from.index}`);
-  const to = zoneOfPort(plan, probe.outPort);
-  if (!to) return undefined;
-  return plan.chains.find((c) => c.name === `pair_${from.index}_${to.index}`);
+  const from = zoneOfPort(plan, probe.inPort)?.index ?? 0;
+  if (probe.outPort === 'gateway') return plan.chains.find((c) => c.name === `in_${from}`);
+  const to = zoneOfPort(plan, probe.outPort)?.index ?? 0;
+  return plan.chains.find((c) => c.name === `pair_${from}_${to}`);
 }
 
 /** What the compiled ruleset does with the first packet of a connection (the kernel-independent twin of the nft rules). */
 export function evaluate(plan: Plan, probe: Probe): Decision {
   const chain = chainFor(plan, probe);
-  if (!chain) {
-    const mode = plan.unzonedMode;
-    return { verdict: mode === 'enforce' ? 'drop' : 'accept', rule: 'unzoned', chain: undefined, mode, denied: true };
-  }
+  if (!chain) throw new TypeError('every port pair has a chain');
   return judge(chain, probe);
 }
 
@@ -267,4 +286,43 @@ export function judge(chain: ChainPlan, probe: Pick<Probe, 'src' | 'dst' | 'prot
 export function isIpv4Address(text: string): boolean {
   const c = parseCidr(text);
   return c !== undefined && c.bits === 32;
+}
+
+export interface TrackedConnection {
+  readonly proto: 'tcp' | 'udp';
+  readonly src: string;
+  readonly dst: string;
+  readonly sport: number;
+  readonly dport: number;
+}
+
+/**
+ * Established connections the plan no longer allows. The kernel's fast path
+ * keeps established connections without looking at the rules, so after a
+ * policy tightens, those are forgotten (conntrack) and their next packet is
+ * judged afresh. Conservative: a connection is picked only if every zone its
+ * addresses could be in denies it in enforce mode; one whose addresses the
+ * policy does not place at all, or that involves the gateway itself, is left.
+ */
+export function connectionsToRevoke(plan: Plan, connections: readonly TrackedConnection[], local: readonly string[]): TrackedConnection[] {
+  const all = [0, ...plan.zones.map((z) => z.index)];
+  const zonesOf = (ip: string): number[] => {
+    const n = ipToNumber(ip);
+    return [...new Set(plan.addressZones.filter((a) => n >= a.cidr.base && n <= a.cidr.base + 2 ** (32 - a.cidr.bits) - 1).map((a) => a.zone))];
+  };
+  const chains = new Map(plan.chains.map((c) => [c.name, c]));
+  return connections.filter((c) => {
+    if (local.includes(c.src) || local.includes(c.dst) || !isIpv4Address(c.src) || !isIpv4Address(c.dst)) return false;
+    const srcZones = zonesOf(c.src);
+    const dstZones = zonesOf(c.dst);
+    if (srcZones.length === 0 && dstZones.length === 0) return false;
+    for (const s of srcZones.length > 0 ? srcZones : all) {
+      for (const d of dstZones.length > 0 ? dstZones : all) {
+        const chain = chains.get(`pair_${s}_${d}`);
+        if (!chain || chain.mode !== 'enforce') return false;
+        if (!judge(chain, { src: c.src, dst: c.dst, proto: c.proto, dport: c.dport }).denied) return false;
+      }
+    }
+    return true;
+  });
 }

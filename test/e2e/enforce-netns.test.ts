@@ -119,6 +119,9 @@ for (const mode of ['routed', 'bridge'] as const) {
     const held = await r.topo.hold(eng, plc1, 502);
     t.teardown(() => held.close().catch(() => undefined));
     t.true(await held.ping());
+    const intruder = await r.topo.hold(attacker, plc1, 502);
+    t.teardown(() => intruder.close().catch(() => undefined));
+    t.true(await intruder.ping(), 'observe mode lets the attacker connect');
     t.is(await r.topo.tcp(attacker, plc1, 502), 'connected', 'observe mode blocks nothing');
     await r.monitor.tick({ flush: true });
     t.like(denied(r.audit, 'enforce.flow-would-deny', { src: attacker.ip, dst: plc1.ip, dport: 502 }), {
@@ -130,6 +133,12 @@ for (const mode of ['routed', 'bridge'] as const) {
     await r.enforcer.apply({ validated: r.policy(), version: 2, source: 'controller', actor: 'controller' });
     for (let i = 0; i < 3; i++) t.true(await held.ping(), `the engineer's open connection survives the switch (ping ${i})`);
     t.is((await r.topo.accepted(plc1)).tcp[502], before, 'no reconnect was needed');
+    t.false(await intruder.ping(1500), "the attacker's connection opened under observe is cut when enforce starts");
+    const revoked = r.audit.events.find((e) => e.action === 'enforce.connections-revoked');
+    t.like(revoked, { outcome: 'success' });
+    // The attacker's held connection, and the probe's finished one still in conntrack's TIME_WAIT; never the engineer's.
+    const examples = ((revoked?.details ?? {}) as { examples?: string[] }).examples ?? [];
+    t.true(examples.length >= 1 && examples.every((e) => e.startsWith(`${attacker.ip}:`)), examples.join(', '));
     t.is(await r.topo.tcp(attacker, plc1, 502, DENY_MS), 'timeout', 'enforce stops the attacker');
     t.is(await r.topo.tcp(eng, plc1, 502), 'connected', 'and new allowed connections still work');
     t.true(r.audit.events.some((e) => e.action === 'enforce.mode-change' && e.target === 'cell-a' && (e.details as { to?: string }).to === 'enforce'));
@@ -164,3 +173,81 @@ for (const mode of ['routed', 'bridge'] as const) {
     t.is(await r.topo.tcp(attacker, plc1, 502), 'connected', 'rolled back to the observe policy');
   });
 }
+
+maybe("routed: a port in no zone reaching an enforced cell is judged in that cell's mode", async (t) => {
+  const r = await rig(t, 'routed');
+  const { plc1, plc2, historian } = r.topo.hosts;
+  await r.topo.listen(plc2, { tcp: [502] });
+  // PLC2's port is in no zone; the policy default is observe, the cell PLC1 is in enforces.
+  await r.enforcer.apply({
+    validated: r.policy((p) => {
+      p.mode = 'observe';
+      p.zones = p.zones?.filter((z) => z.name !== 'cell-b');
+      for (const z of p.zones ?? []) if (z.name === 'cell-a') z.mode = 'enforce';
+      p.assets = p.assets?.filter((a) => a.zone !== 'cell-b');
+      p.flows = p.flows?.filter((f) => f.id !== 'cnc-push').map((f) => (f.id === 'eng-program' ? { ...f, to: 'asset:press-plc' } : f));
+    }),
+    version: 1,
+    source: 'controller',
+    actor: 'controller',
+  });
+  t.is(await r.topo.tcp(plc2, plc1, 502, DENY_MS), 'timeout', 'from the unzoned port into the enforced cell');
+  t.is(await r.topo.tcp(plc2, historian, 8080), 'connected', 'unzoned to the observed uplink passes');
+  await r.monitor.tick({ flush: true });
+  t.truthy(denied(r.audit, 'enforce.flow-denied', { src: plc2.ip, dst: plc1.ip, from: '(unzoned)', to: 'cell-a' }));
+});
+
+maybe("bridge: traffic routed through the gateway's own address is judged as strictly as the strictest cell", async (t) => {
+  const r = await rig(t, 'bridge');
+  const { attacker, eng, plc1 } = r.topo.hosts;
+  await r.topo.exec(r.topo.gw, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+  await r.enforcer.apply({
+    validated: r.policy((p) => {
+      p.mode = 'observe';
+      for (const z of p.zones ?? []) if (z.name === 'cell-a') z.mode = 'enforce';
+    }),
+    version: 1,
+    source: 'controller',
+    actor: 'controller',
+  });
+  t.is(await r.topo.tcp(attacker, plc1, 502, DENY_MS), 'timeout', 'bridged: denied by the cell');
+  const route = await r.topo.exec(attacker.ns, ['ip', 'route', 'add', `${plc1.ip}/32`, 'via', r.topo.gwIp]);
+  t.is(route.code, 0, route.stderr);
+  t.is(await r.topo.tcp(attacker, plc1, 502, DENY_MS), 'timeout', 'routed through the gateway: still denied');
+  t.is(await r.topo.tcp(eng, plc1, 502), 'connected', 'the allowed flow, bridged, still works');
+});
+
+const L2 = new URL('../fixtures/l2-frames.py', import.meta.url).pathname;
+
+maybe('bridge: VLAN-tagged and non-IP frames into an enforced cell are dropped, whatever the mode of the zone they come from', async (t) => {
+  const r = await rig(t, 'bridge');
+  const { attacker, plc1 } = r.topo.hosts;
+  const trial = async () => {
+    const recv = r.topo.exec(plc1.ns, ['python3', L2, 'recv', '2.5'], { timeoutMs: 10_000 });
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    const sent = await r.topo.exec(attacker.ns, ['python3', L2, 'send', attacker.ip, plc1.ip]);
+    t.is(sent.code, 0, sent.stderr);
+    return (await recv).stdout.trim().split('\n').pop();
+  };
+  // All observe: every frame arrives (the probe sees them, so the next assertion can fail).
+  await r.enforcer.apply({
+    validated: r.policy((p) => {
+      p.mode = 'observe';
+    }),
+    version: 1,
+    source: 'controller',
+    actor: 'controller',
+  });
+  t.is(await trial(), 'PN U0 V0');
+  // The uplink observes, the cell enforces: nothing but the policy's IP flows reaches the cell.
+  await r.enforcer.apply({
+    validated: r.policy((p) => {
+      p.mode = 'observe';
+      for (const z of p.zones ?? []) if (z.name === 'cell-a') z.mode = 'enforce';
+    }),
+    version: 2,
+    source: 'controller',
+    actor: 'controller',
+  });
+  t.is(await trial(), 'nothing');
+});

@@ -28,6 +28,8 @@ const comment = z.string().max(200).optional();
 export const MODES = ['observe', 'enforce'] as const;
 export type Mode = (typeof MODES)[number];
 
+const TUNNELLING_ETHERTYPES = ['0x8100', '0x88a8', '0x9100', '0x8863', '0x8864'];
+
 const zoneSchema = z.strictObject({
   name,
   /** `uplink`: the IT/management side; `cell`: PLC/CNC ports that Ward protects. */
@@ -39,7 +41,13 @@ const zoneSchema = z.strictObject({
   subnets: z.array(ipv4OrCidr).max(64).optional(),
   /** Bridge mode: extra EtherTypes (hex, e.g. 0x8892 PROFINET) allowed from this zone's ports besides IPv4 and ARP. */
   ethertypes: z
-    .array(z.string().regex(/^0x[0-9a-f]{4}$/))
+    .array(
+      z
+        .string()
+        .regex(/^0x[0-9a-f]{4}$/)
+        // br_netfilter does not look inside these, so allowing them would carry IP traffic past the policy.
+        .refine((t) => !TUNNELLING_ETHERTYPES.includes(t), 'VLAN (0x8100, 0x88a8, 0x9100) and PPPoE (0x8863, 0x8864) frames would carry IP past the policy'),
+    )
     .max(16)
     .optional(),
   comment,
@@ -260,7 +268,11 @@ export function validatePolicy(policy: Policy, ctx: ValidationContext = {}): Pol
     if (zone?.subnets && !zone.subnets.some((s) => cidrContains(parseCidr(s) as Cidr, cidr))) {
       add(`assets.${i}.ip`, `${asset.ip} is outside zone "${asset.zone}"'s subnets ${zone.subnets.join(', ')}`);
     }
-    for (const role of asset.roles) roles.set(role, [...(roles.get(role) ?? []), asset]);
+    for (const role of asset.roles) {
+      const members = roles.get(role);
+      if (members) members.push(asset);
+      else roles.set(role, [asset]);
+    }
     assetCidrs.push({ asset, cidr, index: i });
   });
   // One address in two zones would make the zone of a packet ambiguous (and anti-spoofing meaningless).
@@ -373,7 +385,9 @@ export function resolveFlow(
       const cur = byZone.get(zone);
       if (cur === 'all') return;
       const c = parseCidr(ip);
-      if (c) byZone.set(zone, [...(cur ?? []), c]);
+      if (!c) return;
+      if (cur) cur.push(c);
+      else byZone.set(zone, [c]);
     };
     for (const sel of sels) {
       const m = SELECTOR.exec(sel);
