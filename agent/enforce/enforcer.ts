@@ -312,7 +312,7 @@ export class Enforcer {
    * reported, never undoes the apply.
    */
   async #revokeEstablished(plan: Plan | undefined, actor: string): Promise<void> {
-    if (!plan || !plan.chains.some((c) => c.mode === 'enforce') || this.#o.revokeEstablished === false) return;
+    if (!plan?.chains.some((c) => c.mode === 'enforce') || this.#o.revokeEstablished === false) return;
     try {
       const [connections, local] = [await this.#o.nft.connections(), await this.#o.nft.localAddresses()];
       const revoke = connectionsToRevoke(plan, connections, local);

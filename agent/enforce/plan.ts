@@ -319,7 +319,7 @@ export function connectionsToRevoke(plan: Plan, connections: readonly TrackedCon
     for (const s of srcZones.length > 0 ? srcZones : all) {
       for (const d of dstZones.length > 0 ? dstZones : all) {
         const chain = chains.get(`pair_${s}_${d}`);
-        if (!chain || chain.mode !== 'enforce') return false;
+        if (chain?.mode !== 'enforce') return false;
         if (!judge(chain, { src: c.src, dst: c.dst, proto: c.proto, dport: c.dport }).denied) return false;
       }
     }
