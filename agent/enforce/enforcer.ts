@@ -1,4 +1,4 @@
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createTwoFilesPatch } from 'diff';
 import { z } from 'zod';
@@ -59,6 +59,9 @@ const activeRecord = z.strictObject({
   forced: z.boolean(),
   /** The controller's signed envelope, as received (attestation measures it). */
   envelope: z.string().optional(),
+  /** The nft script in force, and the fail-safe one (failMode safe): one file holds a record and its rulesets, so they cannot part. */
+  script: z.string(),
+  safeScript: z.string().optional(),
 });
 export type ActiveRecord = z.infer<typeof activeRecord>;
 
@@ -74,6 +77,8 @@ export interface ApplyRequest {
   readonly envelope?: string;
   /** Apply even if the management uplink would be locked out. */
   readonly force?: boolean;
+  /** Keep the previous ruleset as it is (a re-apply of the same policy, e.g. for learn mode, is not a new step to roll back). */
+  readonly rotate?: boolean;
 }
 
 export interface ApplyResult {
@@ -91,7 +96,7 @@ export interface FlowCounter {
 }
 
 export interface EnforceStatus {
-  readonly active: Omit<ActiveRecord, 'policy' | 'envelope'> | undefined;
+  readonly active: Omit<ActiveRecord, 'policy' | 'envelope' | 'script' | 'safeScript'> | undefined;
   /** Whether the kernel holds exactly the active ruleset. */
   readonly inKernel: 'yes' | 'no-table' | 'different';
   readonly kernelTag: string | undefined;
@@ -104,10 +109,7 @@ export interface EnforceStatus {
 
 const FILES = {
   active: 'active.json',
-  activeScript: 'active.nft',
   previous: 'previous.json',
-  previousScript: 'previous.nft',
-  safeScript: 'safe.nft',
   learn: 'learn.json',
   failsafe: 'failsafe.json',
 } as const;
@@ -227,7 +229,9 @@ export class Enforcer {
   async #apply(request: ApplyRequest): Promise<ApplyResult> {
     const { validated, version } = request;
     const plan = this.#planFor(validated, version);
-    const lockouts = this.lockouts(plan);
+    const safePlan = validated.policy.failMode.kind === 'safe' ? this.#planFor(validated, version, { safe: true, learn: false }) : undefined;
+    // The safe flows take over exactly when nobody can reach the gateway from afar, so they must not lock out the line either.
+    const lockouts = [...this.lockouts(plan), ...(safePlan ? this.lockouts(safePlan).map((l) => `in fail-safe: ${l}`) : [])];
     const base = { version, policy: validated.policy.name, digest: validated.digest, source: request.source };
     if (lockouts.length > 0 && !request.force) {
       const err = new WardError(
@@ -241,9 +245,9 @@ export class Enforcer {
       throw err;
     }
     const ruleset = renderRuleset(plan);
-    const previousScript = await this.#readText(FILES.activeScript);
+    const previousScript = this.#inForce();
     try {
-      await this.beforeReplace?.();
+      await this.#beforeReplace();
       await this.#prepareKernel();
       await this.#o.nft.load(ruleset.script);
     } catch (err) {
@@ -251,7 +255,7 @@ export class Enforcer {
       throw err;
     }
     try {
-      await this.#verifyKernel(ruleset);
+      await this.#verifyKernel(ruleset.script);
     } catch (err) {
       await this.#restoreAfterFailedCheck(previousScript, request.actor, base);
       this.#record(
@@ -276,10 +280,15 @@ export class Enforcer {
       appliedAt: this.#clock.now(),
       forced: lockouts.length > 0,
       ...(request.envelope !== undefined ? { envelope: request.envelope } : {}),
+      script: ruleset.script,
+      ...(safePlan ? { safeScript: renderRuleset(safePlan).script } : {}),
     };
-    await this.#persist(record, ruleset, validated);
-    this.#failsafe = false;
-    await rm(join(this.#o.dir, FILES.failsafe), { force: true });
+    await this.#persist(record, request.rotate !== false);
+    this.#plan = ruleset.plan;
+    if (this.#failsafe) {
+      this.#failsafe = false;
+      await rm(join(this.#o.dir, FILES.failsafe), { force: true });
+    }
     const changedModes = plan.zones
       .map((z) => ({ zone: z.name, from: before?.zones.find((b) => b.name === z.name)?.mode, to: z.mode }))
       .filter((c) => c.from !== c.to);
@@ -304,6 +313,20 @@ export class Enforcer {
     this.#o.log.info({ version, policy: validated.policy.name, tag: ruleset.tag, forced: record.forced }, 'policy applied');
     await this.#revokeEstablished(plan, request.actor);
     return { version, tag: ruleset.tag, changedModes, warnings: plan.warnings };
+  }
+
+  /** The script the kernel should hold now. */
+  #inForce(): string | undefined {
+    return this.#failsafe ? (this.#active?.safeScript ?? this.#active?.script) : this.#active?.script;
+  }
+
+  /** The flow monitor reads the sets one last time; bounded, so a slow poll never holds up a policy. */
+  async #beforeReplace(): Promise<void> {
+    const hook = this.beforeReplace;
+    if (!hook) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([hook().catch(() => undefined), new Promise<void>((resolve) => (timer = setTimeout(resolve, 5_000)))]);
+    clearTimeout(timer);
   }
 
   /**
@@ -351,16 +374,10 @@ export class Enforcer {
     }
   }
 
-  async #verifyKernel(ruleset: Ruleset): Promise<WardTables> {
+  /** Reads the kernel back: both tables carry the script's tag and hold exactly its rules. */
+  async #verifyKernel(script: string): Promise<WardTables> {
     const tables = await this.#o.nft.tables();
-    const problems: string[] = [];
-    if (tables.inet?.comment !== ruleset.tag)
-      problems.push(`inet table tag is ${JSON.stringify(tables.inet?.comment)}, expected ${JSON.stringify(ruleset.tag)}`);
-    const bridge = this.#o.binding.mode === 'bridge';
-    if (bridge && tables.bridge?.comment !== ruleset.tag) problems.push(`bridge table tag is ${JSON.stringify(tables.bridge?.comment)}`);
-    if (!bridge && tables.bridge !== undefined) problems.push('a bridge table is present in routed mode');
-    if (tables.rules.length !== ruleset.comments.length)
-      problems.push(`kernel holds ${tables.rules.length} Ward rules, the ruleset has ${ruleset.comments.length}`);
+    const problems = kernelMismatch(tables, script);
     if (problems.length > 0) {
       throw new WardError(ErrorCodes.ENFORCE_CHECK_FAILED, `the kernel does not hold the ruleset just loaded: ${problems.join('; ')}`, {
         details: { problems },
@@ -380,66 +397,42 @@ export class Enforcer {
     }
   }
 
-  async #persist(record: ActiveRecord, ruleset: Ruleset, validated: ValidatedPolicy): Promise<void> {
-    const dir = this.#o.dir;
-    const oldRecord = await readFile(join(dir, FILES.active), 'utf8').catch(() => undefined);
-    const oldScript = await this.#readText(FILES.activeScript);
-    if (oldRecord !== undefined && oldScript !== undefined) {
-      await writeFileAtomic(join(dir, FILES.previousScript), oldScript);
-      await writeFileAtomic(join(dir, FILES.previous), oldRecord);
-    }
-    await writeFileAtomic(join(dir, FILES.activeScript), ruleset.script);
-    await writeFileAtomic(join(dir, FILES.active), `${JSON.stringify(record)}\n`);
-    if (validated.policy.failMode.kind === 'safe') {
-      await writeFileAtomic(join(dir, FILES.safeScript), renderRuleset(this.#planFor(validated, record.version, { safe: true, learn: false })).script);
-    } else {
-      await rm(join(dir, FILES.safeScript), { force: true });
-    }
+  /** Two atomic writes: a crash between them leaves previous == active, never a record without its ruleset. */
+  async #persist(record: ActiveRecord, rotate: boolean): Promise<void> {
+    if (rotate && this.#active) await writeFileAtomic(join(this.#o.dir, FILES.previous), `${JSON.stringify(this.#active)}\n`);
+    await writeFileAtomic(join(this.#o.dir, FILES.active), `${JSON.stringify(record)}\n`);
     this.#active = record;
-    this.#plan = ruleset.plan;
-  }
-
-  async #readText(file: string): Promise<string | undefined> {
-    try {
-      return await readFile(join(this.#o.dir, file), 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
   }
 
   /** Back to the ruleset applied before the active one. */
   async rollback(actor: string): Promise<{ version: number }> {
     return this.#serial(async () => {
       const previous = await this.#readRecord(FILES.previous);
-      const script = await this.#readText(FILES.previousScript);
-      if (!previous || script === undefined) {
+      const current = this.#active;
+      if (!previous || !current) {
         const err = new WardError(ErrorCodes.ENFORCE_NO_PREVIOUS, 'there is no previous ruleset to roll back to');
         this.#record('enforce.rollback', 'refused', actor, {}, err.code);
         throw err;
       }
-      const from = this.#active?.version;
+      const inForce = this.#inForce();
       try {
+        await this.#beforeReplace();
         await this.#prepareKernel();
-        await this.#o.nft.load(script);
-        const tables = await this.#o.nft.tables();
-        if (tables.inet?.comment !== previous.tag)
-          throw new WardError(ErrorCodes.ENFORCE_CHECK_FAILED, `after rollback the kernel tag is ${tables.inet?.comment}`);
+        await this.#o.nft.load(previous.script);
+        await this.#verifyKernel(previous.script);
       } catch (err) {
-        this.#record('enforce.rollback', 'failure', actor, { from, to: previous.version, error: describeError(err) }, codeOf(err));
+        if (inForce) await this.#o.nft.load(inForce).catch(() => undefined);
+        this.#record('enforce.rollback', 'failure', actor, { from: current.version, to: previous.version, error: describeError(err) }, codeOf(err));
         throw err;
       }
-      // The two rulesets swap places, so a second rollback undoes the first.
-      const dir = this.#o.dir;
-      const activeText = await readFile(join(dir, FILES.active), 'utf8');
-      const activeScript = (await this.#readText(FILES.activeScript)) as string;
-      await writeFileAtomic(join(dir, FILES.activeScript), script);
-      await writeFileAtomic(join(dir, FILES.active), `${JSON.stringify(previous)}\n`);
-      await writeFileAtomic(join(dir, FILES.previousScript), activeScript);
-      await writeFileAtomic(join(dir, FILES.previous), activeText);
+      // The two swap places, so a second rollback undoes the first.
+      await writeFileAtomic(join(this.#o.dir, FILES.previous), `${JSON.stringify(current)}\n`);
+      await writeFileAtomic(join(this.#o.dir, FILES.active), `${JSON.stringify(previous)}\n`);
       this.#active = previous;
+      this.#failsafe = false;
+      await rm(join(this.#o.dir, FILES.failsafe), { force: true });
       this.#plan = this.#planFor(this.#activeValidated(), previous.version);
-      this.#record('enforce.rollback', 'success', actor, { from, to: previous.version, tag: previous.tag }, undefined);
+      this.#record('enforce.rollback', 'success', actor, { from: current.version, to: previous.version, tag: previous.tag }, undefined);
       await this.#revokeEstablished(this.#plan, actor);
       return { version: previous.version };
     });
@@ -448,21 +441,21 @@ export class Enforcer {
   /**
    * At agent start: the kernel keeps its rules across an agent restart (left
    * alone), loses them on reboot (re-applied from disk), and may have been
-   * changed by hand (re-applied, and said so).
+   * changed by hand (re-applied, and said so). "Kept" means the tag and
+   * every rule are there, not only the tag.
    */
   async restore(): Promise<'none' | 'kept' | 'reapplied'> {
     return this.#serial(async () => {
-      if (!this.#active) return 'none';
-      const script = await this.#readText(this.#failsafe ? FILES.safeScript : FILES.activeScript);
-      if (script === undefined) throw new WardError(ErrorCodes.STATE_CORRUPT, `${join(this.#o.dir, FILES.activeScript)} is missing`);
+      const script = this.#inForce();
+      if (!this.#active || script === undefined) return 'none';
       const tables = await this.#o.nft.tables();
-      const expectTag = tagOf(script);
-      if (tables.inet?.comment === expectTag) return 'kept';
+      const problems = kernelMismatch(tables, script);
+      if (problems.length === 0) return 'kept';
       await this.#prepareKernel();
       await this.#o.nft.load(script);
-      const reason =
-        tables.inet === undefined ? 'the kernel had no Ward table (reboot)' : `the kernel held another ruleset (${tables.inet.comment ?? 'untagged'})`;
-      this.#record('enforce.restore', 'success', 'ward-agent', { version: this.#active.version, tag: expectTag, reason }, undefined);
+      await this.#verifyKernel(script);
+      const reason = tables.inet === undefined ? 'the kernel had no Ward table (reboot)' : `the kernel held something else: ${problems.join('; ')}`;
+      this.#record('enforce.restore', 'success', 'ward-agent', { version: this.#active.version, tag: tagOf(script), reason }, undefined);
       this.#o.log.warn({ version: this.#active.version, reason }, 'enforcement restored from disk');
       return 'reapplied';
     });
@@ -471,14 +464,16 @@ export class Enforcer {
   /** Fail-safe (failMode safe): load the precompiled safe ruleset; `keep-last` keeps what is there. */
   async enterFailsafe(reason: string, actor = 'ward-agent'): Promise<boolean> {
     return this.#serial(async () => {
-      const script = await this.#readText(FILES.safeScript);
-      if (!this.#active || script === undefined || this.#failsafe) return false;
+      const active = this.#active;
+      if (!active?.safeScript || this.#failsafe) return false;
+      await this.#beforeReplace();
       await this.#prepareKernel();
-      await this.#o.nft.load(script);
+      await this.#o.nft.load(active.safeScript);
+      await this.#verifyKernel(active.safeScript);
       this.#failsafe = true;
       await writeFileAtomic(join(this.#o.dir, FILES.failsafe), `${JSON.stringify({ since: this.#clock.now(), reason })}\n`);
-      this.#plan = this.#planFor(this.#activeValidated(), this.#active.version, { safe: true });
-      this.#record('enforce.failsafe', 'success', actor, { version: this.#active.version, reason, entered: true }, undefined);
+      this.#plan = this.#planFor(this.#activeValidated(), active.version, { safe: true, learn: false });
+      this.#record('enforce.failsafe', 'success', actor, { version: active.version, reason, entered: true }, undefined);
       await this.#revokeEstablished(this.#plan, actor);
       return true;
     });
@@ -486,13 +481,15 @@ export class Enforcer {
 
   async leaveFailsafe(reason: string): Promise<boolean> {
     return this.#serial(async () => {
-      const script = await this.#readText(FILES.activeScript);
-      if (!this.#failsafe || !this.#active || script === undefined) return false;
-      await this.#o.nft.load(script);
+      const active = this.#active;
+      if (!this.#failsafe || !active) return false;
+      await this.#beforeReplace();
+      await this.#o.nft.load(active.script);
+      await this.#verifyKernel(active.script);
       this.#failsafe = false;
       await rm(join(this.#o.dir, FILES.failsafe), { force: true });
-      this.#plan = this.#planFor(this.#activeValidated(), this.#active.version);
-      this.#record('enforce.failsafe', 'success', 'ward-agent', { version: this.#active.version, reason, entered: false }, undefined);
+      this.#plan = this.#planFor(this.#activeValidated(), active.version);
+      this.#record('enforce.failsafe', 'success', 'ward-agent', { version: active.version, reason, entered: false }, undefined);
       return true;
     });
   }
@@ -520,6 +517,7 @@ export class Enforcer {
       actor,
       ...(active.envelope !== undefined ? { envelope: active.envelope } : {}),
       force: active.forced,
+      rotate: false,
     });
     this.#record('enforce.learn', 'success', actor, { until: untilMs ?? null, since: this.#learn?.since ?? null }, undefined);
     return this.#learn;
@@ -530,12 +528,12 @@ export class Enforcer {
       if (isWardError(err, ErrorCodes.ENFORCE_NFT_MISSING)) throw err;
       return undefined;
     });
-    const expectTag = this.#failsafe ? tagOf((await this.#readText(FILES.safeScript)) ?? '') : this.#active?.tag;
+    const script = this.#inForce();
     const kernelTag = tables?.inet?.comment;
-    const { policy: _p, envelope: _e, ...active } = this.#active ?? ({} as ActiveRecord);
+    const { policy: _p, envelope: _e, script: _s, safeScript: _ss, ...active } = this.#active ?? ({} as ActiveRecord);
     return {
       active: this.#active ? active : undefined,
-      inKernel: kernelTag === undefined ? 'no-table' : kernelTag === expectTag ? 'yes' : 'different',
+      inKernel: kernelTag === undefined ? 'no-table' : tables && script && kernelMismatch(tables, script).length === 0 ? 'yes' : 'different',
       kernelTag,
       mode: this.#o.binding.mode,
       zones: (this.#plan?.zones ?? []).map((z) => ({ name: z.name, kind: z.kind, mode: z.mode, ports: z.ports, interfaces: z.interfaces })),
@@ -549,10 +547,10 @@ export class Enforcer {
 
   /** Unified diff from the ruleset in force to the one `candidate` compiles to; without one, what the last change did. */
   async diff(candidate?: { validated: ValidatedPolicy; version: number }): Promise<string> {
-    const current = (await this.#readText(this.#failsafe ? FILES.safeScript : FILES.activeScript)) ?? '';
+    const current = this.#inForce() ?? '';
     if (!candidate) {
-      const previous = (await this.#readText(FILES.previousScript)) ?? '';
       const prev = await this.#readRecord(FILES.previous);
+      const previous = prev?.script ?? '';
       return createTwoFilesPatch(`previous v${prev?.version ?? '-'}`, `active v${this.#active?.version ?? '-'}`, previous, current, undefined, undefined, {
         context: 2,
       });
@@ -583,4 +581,22 @@ function codeOf(err: unknown): string | undefined {
 /** The table tag a script writes (its `comment "ward policy=…"` line). */
 export function tagOf(script: string): string | undefined {
   return /\n\tcomment "(ward policy=[^"]*)"/.exec(script)?.[1];
+}
+
+/** Rules a script puts in the kernel under Ward comments (the read-back compares counts). */
+export function ruleCount(script: string): number {
+  return script.match(/ comment "ward:/g)?.length ?? 0;
+}
+
+/** What differs between the kernel's Ward tables and a script (empty: the kernel holds exactly it). */
+export function kernelMismatch(tables: WardTables, script: string): string[] {
+  const tag = tagOf(script);
+  const problems: string[] = [];
+  if (tables.inet?.comment !== tag) problems.push(`inet table tag is ${JSON.stringify(tables.inet?.comment)}, expected ${JSON.stringify(tag)}`);
+  const bridge = script.includes('\ntable bridge ward {');
+  if (bridge && tables.bridge?.comment !== tag) problems.push(`bridge table tag is ${JSON.stringify(tables.bridge?.comment)}`);
+  if (!bridge && tables.bridge !== undefined) problems.push('a bridge table is present in routed mode');
+  const expected = ruleCount(script);
+  if (tables.rules.length !== expected) problems.push(`kernel holds ${tables.rules.length} Ward rules, the ruleset has ${expected}`);
+  return problems;
 }

@@ -30,7 +30,7 @@ maybe('apply puts the ruleset in the kernel in one go, tags it, and keeps it on 
   const status = await enforcer.status();
   t.is(status.inKernel, 'yes');
   t.true(status.counters.some((c) => c.rule === 'flow:eng-program'));
-  for (const f of ['active.json', 'active.nft']) t.is((await stat(join(dir, f))).mode & 0o777, 0o600, f);
+  for (const f of ['active.json']) t.is((await stat(join(dir, f))).mode & 0o777, 0o600, f);
   const event = audit.events.find((e) => e.action === 'enforce.policy-apply');
   t.like(event, { outcome: 'success', category: 'configuration-change', details: { version: 3 } });
 });
@@ -172,6 +172,10 @@ maybe('restart keeps the kernel rules; a reboot (empty kernel) or a hand edit is
   t.is(await again.restore(), 'reapplied');
   t.is(await kernelTag(nft), applied.tag);
   t.like(audit.events.at(-1), { action: 'enforce.restore', details: { reason: 'the kernel had no Ward table (reboot)' } });
+  // A hand edit that keeps the tag (rules flushed from a chain) is noticed too: the read-back counts rules.
+  await nftText(ns, 'flush', 'chain', 'inet', 'ward', 'forward');
+  t.is(await again.restore(), 'reapplied');
+  t.is((await again.status()).inKernel, 'yes');
   await nft.deleteTables();
   await nftText(ns, 'add', 'table', 'inet', 'ward', '{ comment "hand-made"; }');
   t.is(await kernelTag(nft), 'hand-made');
@@ -250,4 +254,41 @@ maybe('fail-safe loads the safe flows only (failMode safe) and leaving it restor
     audit.events.filter((e) => e.action === 'enforce.failsafe').map((e) => (e.details as { entered: boolean }).entered),
     [true, false],
   );
+});
+
+maybe('learn mode on and off does not overwrite the ruleset a rollback returns to', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer } = await openEnforcer(t, nft, routed);
+  const v1 = await enforcer.apply({ validated: linePolicy(), version: 1, source: 'controller', actor: 'controller' });
+  await enforcer.apply({
+    validated: linePolicy((p) => {
+      p.mode = 'observe';
+    }),
+    version: 2,
+    source: 'controller',
+    actor: 'controller',
+  });
+  await enforcer.setLearning(Date.now() + 3_600_000, 'erin');
+  await enforcer.setLearning(undefined, 'erin');
+  t.deepEqual(await enforcer.rollback('erin'), { version: 1 });
+  t.is(await kernelTag(nft), v1.tag);
+});
+
+maybe('a fail-safe whose safe flows would lock out management is refused like any lockout', async (t) => {
+  const ns = await bareNamespace(t);
+  const { enforcer } = await openEnforcer(t, nftIn(ns), routed);
+  const err = await t.throwsAsync(
+    enforcer.apply({
+      validated: linePolicy((p) => {
+        p.failMode = { kind: 'safe', afterSeconds: 3600 };
+        p.safe = ['historian-poll'];
+      }),
+      version: 1,
+      source: 'controller',
+      actor: 'controller',
+    }),
+  );
+  t.is((err as { code?: string }).code, 'WARD_POLICY_LOCKOUT');
+  t.regex((err as Error).message, /in fail-safe: tcp\/22 to the gateway on UPLINK would be blocked/);
 });
