@@ -229,15 +229,20 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     }
     const failMode = (enforce.enforcer.active?.policy as { failMode?: { kind?: string; afterSeconds?: number } } | undefined)?.failMode;
     if (failMode?.kind !== 'safe') return;
-    failsafeTimer = setTimeout(
-      () => {
-        void enforce.enforcer
-          .enterFailsafe(`controller unreachable for ${failMode.afterSeconds} s`)
-          .catch((err) => logger.error({ err: describeError(err) }, 'entering fail-safe failed'));
-      },
-      (failMode.afterSeconds ?? 86_400) * 1000,
-    );
-    failsafeTimer.unref();
+    // Node's timers overflow past 2^31-1 ms (24.8 days) and would fire at once: wait in steps up to the deadline.
+    const deadline = clock.now() + (failMode.afterSeconds ?? 86_400) * 1000;
+    const arm = () => {
+      const left = deadline - clock.now();
+      if (left > 0) {
+        failsafeTimer = setTimeout(arm, Math.min(left, 86_400_000));
+        failsafeTimer.unref();
+        return;
+      }
+      void enforce.enforcer
+        .enterFailsafe(`controller unreachable for ${failMode.afterSeconds} s`)
+        .catch((err) => logger.error({ err: describeError(err) }, 'entering fail-safe failed'));
+    };
+    arm();
   };
   const shippers = new WeakMap<ControlLink, AuditShipper>();
   const linkFor = (id: LoadedIdentity) =>

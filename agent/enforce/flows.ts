@@ -69,6 +69,8 @@ export class FlowMonitor {
   #polling: Promise<void> | undefined;
   #learnedDirty = false;
   #learned: Learned | undefined;
+  /** Denied packets per chain that the kernel could not record in its (full) set. */
+  readonly #unitemized = new Map<string, number>();
 
   constructor(options: FlowMonitorOptions) {
     this.#o = options;
@@ -85,11 +87,15 @@ export class FlowMonitor {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     await this.#polling;
-    await this.tick({ flush: true }).catch(() => {});
+    await this.tick({ flush: true });
   }
 
-  /** One poll and report; also what runs right before the ruleset is replaced (which empties the sets). */
-  async tick(opts: { flush?: boolean } = {}): Promise<void> {
+  /**
+   * One poll and report; also what runs right before the ruleset is replaced (which empties the sets). A tick
+   * asked for while one runs shares it: ticks never queue up behind a slow kernel listing.
+   */
+  tick(opts: { flush?: boolean } = {}): Promise<void> {
+    if (this.#polling) return this.#polling;
     const run = async () => {
       try {
         await this.poll();
@@ -99,26 +105,36 @@ export class FlowMonitor {
         this.#o.log.warn({ err: describeError(err) }, 'flow monitor poll failed');
       }
     };
-    const previous = this.#polling ?? Promise.resolve();
-    const next = previous.then(run);
-    this.#polling = next;
-    return next;
+    this.#polling = run().finally(() => {
+      this.#polling = undefined;
+    });
+    return this.#polling;
   }
 
+  /** Reads every set and counter of the ruleset in one kernel listing. */
   async poll(): Promise<void> {
     const plan = this.#o.enforcer.plan;
     if (!plan) return;
     const now = this.#clock.now();
+    const { sets, rules } = await this.#o.nft.snapshot();
     for (const chain of plan.chains) {
-      for (const [prefix, hasPort] of [
-        ['d_', true],
-        ['o_', false],
-      ] as const) {
-        const set = `${prefix}${chain.name}`;
-        for (const el of await this.#o.nft.elements(set)) this.#denied(chain, set, el, hasPort, now);
-      }
-      if (plan.learn) for (const el of await this.#o.nft.elements(`l_${chain.name}`)) await this.#observe(chain, el, now);
+      for (const el of sets.get(`d_${chain.name}`) ?? []) this.#denied(chain, `d_${chain.name}`, el, true, now);
+      for (const el of sets.get(`o_${chain.name}`) ?? []) this.#denied(chain, `o_${chain.name}`, el, false, now);
+      if (plan.learn) for (const el of sets.get(`l_${chain.name}`) ?? []) await this.#observe(chain, el, now);
     }
+    // Denied packets the full sets could not itemize: counted per chain, reported as such.
+    for (const r of rules) {
+      if (!r.comment.startsWith('ward:overflow:')) continue;
+      const delta = this.#delta(`overflow|${r.chain}|${r.handle}`, { key: [], packets: r.packets, bytes: r.bytes, expires: undefined });
+      if (delta > 0) this.#unitemized.set(r.chain, (this.#unitemized.get(r.chain) ?? 0) + delta);
+    }
+  }
+
+  /** Learn mode starts afresh: what an earlier learning period saw is not this one's evidence. */
+  async resetLearned(): Promise<void> {
+    this.#learned = { since: this.#clock.now(), flows: {} };
+    this.#learnedDirty = true;
+    await this.#saveLearned();
   }
 
   #delta(set: string, el: SetElement): number {
@@ -150,7 +166,8 @@ export class FlowMonitor {
     if (delta === 0) return;
     const learned = await this.learned();
     const [src, dst, proto, dport] = el.key;
-    const key = flowKey({ chain: chain.name, src: String(src), dst: String(dst), proto: String(proto), dport: Number(dport) });
+    // Keyed by zone names, not chain names: chain numbers change when a zone is added.
+    const key = flowKey({ chain: `${chain.from}>${chain.to}`, src: String(src), dst: String(dst), proto: String(proto), dport: Number(dport) });
     const cur = learned.flows[key];
     learned.flows[key] = cur ? { packets: cur.packets + delta, first: cur.first, last: now } : { packets: delta, first: now, last: now };
     this.#learnedDirty = true;
@@ -177,6 +194,21 @@ export class FlowMonitor {
       }
       emitted += 1;
       this.#o.audit.record(deniedEvent(plan, agg));
+    }
+    if (this.#unitemized.size > 0) {
+      const byChain = Object.fromEntries(this.#unitemized);
+      this.#unitemized.clear();
+      this.#o.audit.record({
+        category: 'access-control',
+        actor: 'ward-agent',
+        action: 'enforce.flows-denied-unitemized',
+        outcome: 'refused',
+        details: {
+          packets: Object.values(byChain).reduce((a, b) => a + b, 0),
+          byChain,
+          reason: 'the denied-flow sets were full (a scan or flood); these packets were judged but not itemized',
+        },
+      });
     }
     if (folded.events > 0) {
       this.#o.audit.record({

@@ -192,24 +192,37 @@ export class Nft {
     return { inet: found.inet, bridge: found.bridge, rules };
   }
 
+  /** Every set (with its elements) and every counted rule of Ward's inet table, in one listing. */
+  async snapshot(): Promise<{ sets: Map<string, SetElement[]>; rules: RuleCounter[] }> {
+    const sets = new Map<string, SetElement[]>();
+    const rules: RuleCounter[] = [];
+    const r = await this.#nftExec(['-j', 'list', 'table', 'inet', TABLE]);
+    if (r.code !== 0) return { sets, rules };
+    for (const item of parseJson(r.stdout).nftables) {
+      const set = item.set as { name?: string; elem?: unknown[] } | undefined;
+      if (set?.name) sets.set(set.name, (set.elem ?? []).flatMap(elementOf));
+      const rule = item.rule as { chain: string; handle: number; comment?: string; expr?: Record<string, unknown>[] } | undefined;
+      if (rule?.comment?.startsWith('ward:')) {
+        const counter = rule.expr?.find((e) => 'counter' in e)?.counter as { packets?: number; bytes?: number } | undefined;
+        rules.push({
+          family: 'inet',
+          chain: rule.chain,
+          comment: rule.comment,
+          handle: rule.handle,
+          packets: counter?.packets ?? 0,
+          bytes: counter?.bytes ?? 0,
+        });
+      }
+    }
+    return { sets, rules };
+  }
+
   /** Elements of one of Ward's sets with their counters; empty when the set does not exist. */
   async elements(set: string): Promise<SetElement[]> {
     const r = await this.#nftExec(['-j', 'list', 'set', 'inet', TABLE, set]);
     if (r.code !== 0) return [];
     const json = parseJson(r.stdout);
-    const out: SetElement[] = [];
-    for (const item of json.nftables) {
-      const s = item.set as { elem?: unknown[] } | undefined;
-      for (const raw of s?.elem ?? []) {
-        const e = (raw as { elem?: Record<string, unknown> }).elem;
-        if (!e) continue;
-        const val = e.val as { concat?: (string | number)[] } | string | number;
-        const key = typeof val === 'object' && val !== null && Array.isArray(val.concat) ? val.concat : [val as string | number];
-        const counter = e.counter as { packets?: number; bytes?: number } | undefined;
-        out.push({ key, packets: counter?.packets ?? 0, bytes: counter?.bytes ?? 0, expires: typeof e.expires === 'number' ? e.expires : undefined });
-      }
-    }
-    return out;
+    return json.nftables.flatMap((item) => ((item.set as { elem?: unknown[] } | undefined)?.elem ?? []).flatMap(elementOf));
   }
 
   async deleteTables(): Promise<void> {
@@ -262,6 +275,15 @@ export class Nft {
     if (r.code !== 0) throw new WardError(ErrorCodes.ENFORCE_APPLY_FAILED, `sysctl ${name} failed: ${firstLines(r.stderr)}`, { details: { name } });
     return value ?? r.stdout.trim();
   }
+}
+
+function elementOf(raw: unknown): SetElement[] {
+  const e = (raw as { elem?: Record<string, unknown> }).elem;
+  if (!e) return [];
+  const val = e.val as { concat?: (string | number)[] } | string | number;
+  const key = typeof val === 'object' && val !== null && Array.isArray(val.concat) ? val.concat : [val as string | number];
+  const counter = e.counter as { packets?: number; bytes?: number } | undefined;
+  return [{ key, packets: counter?.packets ?? 0, bytes: counter?.bytes ?? 0, expires: typeof e.expires === 'number' ? e.expires : undefined }];
 }
 
 function parseJson(text: string): NftJson {

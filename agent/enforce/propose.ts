@@ -40,7 +40,7 @@ export function proposePolicy(active: Policy, plan: Plan, learned: Learned, now 
   let observed = 0;
   for (const [key, seen] of Object.entries(learned.flows)) {
     const o = parseFlowKey(key);
-    const chain = plan.chains.find((c) => c.name === o.chain);
+    const chain = plan.chains.find((c) => `${c.from}>${c.to}` === o.chain);
     if (!chain || (o.proto !== 'tcp' && o.proto !== 'udp') || o.dport === undefined) continue;
     observed += 1;
     const decision = judge(chain, { src: o.src, dst: o.dst, proto: o.proto, dport: o.dport });
@@ -69,13 +69,19 @@ export function proposePolicy(active: Policy, plan: Plan, learned: Learned, now 
     return id;
   };
   const sortedPairs = [...pairs.values()].sort((a, b) => (a.from + a.to < b.from + b.to ? -1 : 1));
-  const learnedFlows = sortedPairs.map((p) => ({
-    id: flowId(p.from, p.to),
-    from: `asset:${p.from}`,
-    to: p.to === 'gateway' ? 'gateway' : `asset:${p.to}`,
-    services: [...p.services].sort(),
-    comment: `learned: ${p.packets} packet(s) ${iso(p.first)}..${iso(p.last)}; e.g. ${[...p.examples].join(', ')}`,
-  }));
+  // A flow lists at most 64 services: a pair that used more (a scan during learning, say) gets several flows.
+  const learnedFlows = sortedPairs.flatMap((p) => {
+    const services = [...p.services].sort();
+    const chunks = Array.from({ length: Math.ceil(services.length / 64) }, (_, i) => services.slice(i * 64, i * 64 + 64));
+    return chunks.map((chunk) => ({
+      id: flowId(p.from, p.to),
+      from: `asset:${p.from}`,
+      to: p.to === 'gateway' ? 'gateway' : `asset:${p.to}`,
+      services: chunk,
+      // The policy schema bounds comments (200 characters): the count and times first, examples as room allows.
+      comment: `learned: ${p.packets} packet(s) ${iso(p.first)}..${iso(p.last)}${chunks.length > 1 ? `; ${services.length} services in all, worth a look` : ''}; e.g. ${[...p.examples].join(', ')}`.slice(0, 200),
+    }));
+  });
 
   const proposal = {
     schema: active.schema,

@@ -125,6 +125,7 @@ export class EnforceService {
   }
 
   async stop(): Promise<void> {
+    clearTimeout(this.#retryTimer);
     await this.monitor.stop();
   }
 
@@ -193,7 +194,13 @@ export class EnforceService {
     } catch (err) {
       // Audited by the enforcer (refused lockout, failed load or check); the previous rules stay in force.
       this.#o.log.error({ err: describeError(err), version: payload.version }, 'policy not applied');
-      // A refused policy is still the controller's latest word: remember it, so its retained copy is not retried forever.
+      if (err instanceof WardError && err.retryable) {
+        // A passing failure (a busy or missing tool): try this same document again later, do not write it off.
+        this.#retryLater(raw);
+        return 'refused';
+      }
+      // A refusal that would repeat (a lockout, a ruleset the kernel refuses) is still the controller's latest
+      // word: remember it, so its retained copy is not re-applied on every reconnect.
       await this.#saveAccepted(payload.version);
       return 'refused';
     }
@@ -201,9 +208,33 @@ export class EnforceService {
     return 'applied';
   }
 
+  #retryTimer: NodeJS.Timeout | undefined;
+  #retries = 0;
+
+  #retryLater(raw: Buffer): void {
+    clearTimeout(this.#retryTimer);
+    if (this.#retries >= 10) return;
+    const delay = Math.min(60_000 * 2 ** this.#retries, 3_600_000);
+    this.#retries += 1;
+    this.#retryTimer = setTimeout(() => {
+      void this.receive(raw).then((r) => {
+        if (r !== 'refused') this.#retries = 0;
+      });
+    }, delay);
+    this.#retryTimer.unref();
+  }
+
+  /**
+   * The version floor for the controller's documents: the last one accepted, and never below the version in
+   * force from the controller (so losing or damaging controller.json cannot open the door to older documents).
+   */
   async acceptedVersion(): Promise<number | undefined> {
     const raw = (await readJsonFile(join(this.#dir, 'controller.json')).catch(() => undefined)) as { version?: unknown } | undefined;
-    return typeof raw?.version === 'number' ? raw.version : undefined;
+    const active = this.enforcer.active;
+    const fromActive = active?.source === 'controller' ? active.version : undefined;
+    const saved = typeof raw?.version === 'number' ? raw.version : undefined;
+    if (saved === undefined) return fromActive;
+    return fromActive === undefined ? saved : Math.max(saved, fromActive);
   }
 
   async #saveAccepted(version: number): Promise<void> {
@@ -242,6 +273,7 @@ export class EnforceService {
   }
 
   async learn(forMs: number | undefined, actor: string) {
+    if (forMs !== undefined) await this.monitor.resetLearned();
     return this.enforcer.setLearning(forMs === undefined ? undefined : this.#clock.now() + forMs, actor);
   }
 

@@ -3,7 +3,7 @@ import YAML from 'yaml';
 import { MemoryAuditSink } from '../../agent/core/audit.js';
 import type { Enforcer } from '../../agent/enforce/enforcer.js';
 import { FlowMonitor, flowKey, type Learned } from '../../agent/enforce/flows.js';
-import type { Nft, SetElement } from '../../agent/enforce/nft.js';
+import type { Nft, RuleCounter, SetElement } from '../../agent/enforce/nft.js';
 import { buildPlan } from '../../agent/enforce/plan.js';
 import { proposePolicy } from '../../agent/enforce/propose.js';
 import { checkPolicy } from '../../agent/shared/policy/model.js';
@@ -16,9 +16,16 @@ import { tempDir } from '../helpers/tmp.js';
 
 const plan = buildPlan(linePolicy(), { binding: { mode: 'routed', interfaces: { UPLINK: 'up0', PLC1: 'p1', PLC2: 'p2' } }, version: 4 });
 
-function monitorWith(t: import('ava').ExecutionContext, sets: Map<string, SetElement[]>, clock: { now: number }, dir: string, opts = {}) {
+function monitorWith(
+  t: import('ava').ExecutionContext,
+  sets: Map<string, SetElement[]>,
+  clock: { now: number },
+  dir: string,
+  opts = {},
+  rules?: RuleCounter[],
+) {
   const audit = new MemoryAuditSink();
-  const nft = { elements: async (set: string) => sets.get(set) ?? [] } as unknown as Nft;
+  const nft = { snapshot: async () => ({ sets, rules: rules ?? [] }) } as unknown as Nft;
   const monitor = new FlowMonitor({
     enforcer: { plan } as unknown as Enforcer,
     nft,
@@ -105,7 +112,7 @@ test('in observe mode the event says the flow would have been denied and passed'
   const audit = new MemoryAuditSink();
   const monitor = new FlowMonitor({
     enforcer: { plan: observing } as unknown as Enforcer,
-    nft: { elements: async (s: string) => (s === 'd_pair_3_1' ? [el('198.18.0.66', '198.18.1.10', 'tcp', 102, 2)] : []) } as unknown as Nft,
+    nft: { snapshot: async () => ({ sets: new Map([['d_pair_3_1', [el('198.18.0.66', '198.18.1.10', 'tcp', 102, 2)]]]), rules: [] }) } as unknown as Nft,
     audit,
     log: quietLog,
     dir: await tempDir(t),
@@ -125,11 +132,11 @@ test('propose: learned flows become a valid policy with new assets for unknown a
   const add = (chain: string, src: string, dst: string, proto: string, dport: number) => {
     flows[flowKey({ chain, src, dst, proto, dport })] = { packets: 3, first: 1_800_000_000_000, last: 1_800_000_100_000 };
   };
-  add('pair_3_1', '198.18.0.10', '198.18.1.10', 'tcp', 502);
-  add('pair_3_1', '198.18.0.10', '198.18.1.10', 'tcp', 4840);
-  add('in_3', '198.18.0.10', '198.18.0.1', 'tcp', 22);
+  add('it>cell-a', '198.18.0.10', '198.18.1.10', 'tcp', 502);
+  add('it>cell-a', '198.18.0.10', '198.18.1.10', 'tcp', 4840);
+  add('it>@gateway', '198.18.0.10', '198.18.0.1', 'tcp', 22);
   // Many unknown hosts talking to the same PLC: each gets an asset and a distinct, short flow id.
-  for (let i = 0; i < 15; i++) add('pair_3_1', `198.18.0.${200 + i}`, '198.18.1.10', 'tcp', 502);
+  for (let i = 0; i < 15; i++) add('it>cell-a', `198.18.0.${200 + i}`, '198.18.1.10', 'tcp', 502);
   const proposal = proposePolicy(active.policy, obsPlan, { since: 1_800_000_000_000, flows }, 1_800_000_200_000);
   const policy = checkPolicy(YAML.parse(proposal.text)).policy;
   t.is(proposal.newAssets, 15);
@@ -138,4 +145,38 @@ test('propose: learned flows become a valid policy with new assets for unknown a
   t.true(policy.flows.every((f) => f.id.length <= 31));
   t.is(new Set(policy.flows.map((f) => f.id)).size, policy.flows.length);
   t.regex(proposal.text, /# used: 3 packet\(s\) during learning/, 'ssh to the gateway was already allowed by mgmt-ssh');
+});
+
+test('denied packets a full set could not itemize are still reported, as counts per chain', async (t) => {
+  const rules: RuleCounter[] = [{ family: 'inet', chain: 'pair_3_1', comment: 'ward:overflow:pair_3_1', handle: 40, packets: 900, bytes: 54_000 }];
+  const clock = { now: 1_800_000_000_000 };
+  const { monitor, audit } = monitorWith(t, new Map(), clock, await tempDir(t), {}, rules);
+  await monitor.poll();
+  monitor.report();
+  t.like(audit.events[0], { action: 'enforce.flows-denied-unitemized', outcome: 'refused', details: { packets: 900, byChain: { pair_3_1: 900 } } });
+  rules[0] = { ...(rules[0] as RuleCounter), packets: 950 };
+  await monitor.poll();
+  monitor.report();
+  t.like(audit.events[1], { details: { packets: 50 } });
+});
+
+test('propose: a pair that used more than 64 ports (a scan while learning) becomes several valid flows', (t) => {
+  const active = linePolicy((p) => {
+    p.mode = 'observe';
+    p.flows = p.flows?.filter((f) => f.id === 'mgmt-ssh');
+  });
+  const obsPlan = buildPlan(active, { binding: { mode: 'routed', interfaces: { UPLINK: 'up0', PLC1: 'p1', PLC2: 'p2' } }, version: 1, learn: true });
+  const flows: Learned['flows'] = {};
+  for (let port = 1; port <= 70; port++) {
+    flows[flowKey({ chain: 'it>cell-a', src: '198.18.0.66', dst: '198.18.1.10', proto: 'tcp', dport: port })] = { packets: 1, first: 1, last: 2 };
+  }
+  const proposal = proposePolicy(active.policy, obsPlan, { since: 1, flows }, 3);
+  const policy = checkPolicy(YAML.parse(proposal.text)).policy;
+  const learned = policy.flows.filter((f) => f.id.startsWith('l-'));
+  t.is(learned.length, 2);
+  t.is(
+    learned.reduce((n, f) => n + f.services.length, 0),
+    70,
+  );
+  t.regex(proposal.text, /70 services in all, worth a look/);
 });
