@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidArgumentError } from 'commander';
 import { detectBoard } from '../../hardware/boards/detect.js';
@@ -64,6 +64,15 @@ async function run(configFile: string, method: Method, params: Record<string, un
 
 /** The same service the agent builds, with the journal opened by the CLI (the agent is not running). */
 async function withDirectService<T>(config: AgentConfig, fn: (svc: EnforceService) => Promise<T>): Promise<T> {
+  // Files written here must stay readable by the agent: `sudo ward enforce …` would leave root-owned state behind.
+  const owner = (await stat(config.stateDir).catch(() => undefined))?.uid;
+  const uid = process.getuid?.();
+  if (owner !== undefined && uid !== undefined && owner !== uid) {
+    throw new WardError(
+      ErrorCodes.ENFORCE_APPLY_FAILED,
+      `the agent is not running and ${config.stateDir} belongs to uid ${owner}: run this as that user (e.g. sudo -u ward ward enforce …) so the agent can read what it writes`,
+    );
+  }
   const log = createLogger({ level: 'warn', name: 'ward-enforce', destination: 2 });
   const key = await loadSigningKey(config.stateDir);
   const journal = await AuditJournal.open({
