@@ -3,7 +3,7 @@ import { type AuditEventInput, MemoryAuditSink } from '../../agent/core/audit.js
 import { Enforcer } from '../../agent/enforce/enforcer.js';
 import { FlowMonitor } from '../../agent/enforce/flows.js';
 import { Nft } from '../../agent/enforce/nft.js';
-import type { Binding } from '../../agent/enforce/plan.js';
+import { type Binding, evaluate } from '../../agent/enforce/plan.js';
 import type { ValidatedPolicy } from '../../agent/shared/policy/model.js';
 import { linePolicy, quietLog } from '../helpers/enforce.js';
 import { createTopology, type Mode, netnsUnavailable, type Topology } from '../helpers/netns.js';
@@ -250,4 +250,37 @@ maybe('bridge: VLAN-tagged and non-IP frames into an enforced cell are dropped, 
     actor: 'controller',
   });
   t.is(await trial(), 'nothing');
+});
+
+maybe('routed: the evaluator (lockout check, event attribution) agrees with the kernel on every probe', async (t) => {
+  const r = await rig(t, 'routed');
+  const { eng, historian, attacker, plc1, plc2 } = r.topo.hosts;
+  await r.enforcer.apply({ validated: r.policy(), version: 1, source: 'controller', actor: 'controller' });
+  const plan = r.enforcer.plan;
+  if (!plan) return t.fail('no plan');
+  const portOf = new Map([
+    [eng, 'UPLINK'],
+    [historian, 'UPLINK'],
+    [attacker, 'UPLINK'],
+    [plc1, 'PLC1'],
+    [plc2, 'PLC2'],
+  ]);
+  const targets = [
+    [plc1, 502],
+    [plc1, 4840],
+    [plc2, 502],
+    [historian, 8080],
+  ] as const;
+  const disagreements: string[] = [];
+  for (const [from, fromPort] of portOf) {
+    for (const [to, port] of targets) {
+      // Hosts on the same segment talk without crossing the gateway: nothing to compare.
+      if (fromPort === portOf.get(to)) continue;
+      const expected = evaluate(plan, { inPort: fromPort, outPort: portOf.get(to), src: from.ip, dst: to.ip, proto: 'tcp', dport: port });
+      const got = await r.topo.tcp(from, to, port, 600);
+      if ((got === 'connected') !== (expected.verdict === 'accept'))
+        disagreements.push(`${from.role} -> ${to.role}:${port}: kernel ${got}, evaluator ${expected.verdict} (${expected.rule})`);
+    }
+  }
+  t.deepEqual(disagreements, []);
 });
