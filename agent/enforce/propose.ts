@@ -73,13 +73,14 @@ export function proposePolicy(active: Policy, plan: Plan, learned: Learned, now 
   const learnedFlows = sortedPairs.flatMap((p) => {
     const services = [...p.services].sort();
     const chunks = Array.from({ length: Math.ceil(services.length / 64) }, (_, i) => services.slice(i * 64, i * 64 + 64));
+    const many = chunks.length > 1 ? `; ${services.length} services in all, worth a look` : '';
     return chunks.map((chunk) => ({
       id: flowId(p.from, p.to),
       from: `asset:${p.from}`,
       to: p.to === 'gateway' ? 'gateway' : `asset:${p.to}`,
       services: chunk,
       // The policy schema bounds comments (200 characters): the count and times first, examples as room allows.
-      comment: `learned: ${p.packets} packet(s) ${iso(p.first)}..${iso(p.last)}${chunks.length > 1 ? `; ${services.length} services in all, worth a look` : ''}; e.g. ${[...p.examples].join(', ')}`.slice(0, 200),
+      comment: truncate(`learned: ${p.packets} packet(s) ${iso(p.first)}..${iso(p.last)}${many}; e.g. ${[...p.examples].join(', ')}`, 200),
     }));
   });
 
@@ -104,6 +105,10 @@ export function proposePolicy(active: Policy, plan: Plan, learned: Learned, now 
     if (node) node.commentBefore = used.has(f.id) ? ` used: ${used.get(f.id)} packet(s) during learning` : ' not used during learning: still needed?';
   });
   return { text: doc.toString({ lineWidth: 0 }), newFlows: learnedFlows.length, newAssets: assets.length - active.assets.length, observed };
+}
+
+function truncate(text: string, max: number): string {
+  return text.length <= max ? text : text.slice(0, max);
 }
 
 function iso(ms: number): string {
