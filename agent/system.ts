@@ -7,7 +7,7 @@ import { StreamScanInput } from '../hardware/qr/tty.js';
 import { hostFs } from '../hardware/sysfs/hostfs.js';
 import { NoWatchdog, SystemdWatchdog } from '../hardware/watchdog/systemd.js';
 import type { AnyPluginDefinition } from '../plugins/api/index.js';
-import { AuditJournal } from './audit/journal.js';
+import { AuditJournal, type JournalOptions } from './audit/journal.js';
 import { AuditShipper } from './audit/shipper.js';
 import { logAuditSink } from './audit-log.js';
 import { type AgentConfig, type HardwareConfig, mqttSchema } from './config/schema.js';
@@ -106,6 +106,23 @@ async function pickHardware(config: HardwareConfig, overrides: HardwareOverrides
   return { board, led, watchdog, scanner };
 }
 
+/** The journal as the agent's config describes it (the agent, and `ward enforce` when no agent runs, open it alike). */
+export function journalOptions(config: AgentConfig, key: SigningKey, clock: Clock, log: Logger): JournalOptions {
+  return {
+    dir: join(config.stateDir, 'audit'),
+    key,
+    clock,
+    log,
+    agentVersion: WARD_VERSION,
+    maxBytes: config.audit.maxBytes,
+    warnFraction: config.audit.warnFraction,
+    checkpointIntervalMs: config.audit.checkpointIntervalMs,
+    // A span between two checkpoints must always fit one shipped batch (the controller refuses anything larger).
+    checkpointEvents: Math.min(1000, config.audit.maxBatchEvents),
+    checkpointBytes: Math.min(192 * 1024, config.audit.maxBatchBytes),
+  };
+}
+
 export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   const { config, logger } = deps;
   const clock = deps.clock ?? systemClock;
@@ -192,17 +209,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   });
 
   const openedJournal = await AuditJournal.open({
-    dir: join(config.stateDir, 'audit'),
-    key,
-    clock,
-    log: logger.child({ area: 'audit' }),
-    agentVersion: WARD_VERSION,
-    maxBytes: config.audit.maxBytes,
-    warnFraction: config.audit.warnFraction,
-    checkpointIntervalMs: config.audit.checkpointIntervalMs,
-    // A span between two checkpoints must always fit one shipped batch (the controller refuses anything larger).
-    checkpointEvents: Math.min(1000, config.audit.maxBatchEvents),
-    checkpointBytes: Math.min(192 * 1024, config.audit.maxBatchBytes),
+    ...journalOptions(config, key, clock, logger.child({ area: 'audit' })),
     ...(deps.bootId !== undefined ? { bootId: deps.bootId } : {}),
   });
   {

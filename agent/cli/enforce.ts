@@ -17,7 +17,7 @@ import { loadSigningKey } from '../identity/keystore.js';
 import { createLogger } from '../log.js';
 import { parsePolicyText } from '../shared/policy/model.js';
 import { writeFileAtomic } from '../state/files.js';
-import { WARD_VERSION } from '../version.js';
+import { journalOptions } from '../system.js';
 
 /**
  * `ward enforce status|diff|apply|rollback|learn|propose|failsafe|check`.
@@ -75,18 +75,7 @@ async function withDirectService<T>(config: AgentConfig, fn: (svc: EnforceServic
   }
   const log = createLogger({ level: 'warn', name: 'ward-enforce', destination: 2 });
   const key = await loadSigningKey(config.stateDir);
-  const journal = await AuditJournal.open({
-    dir: join(config.stateDir, 'audit'),
-    key,
-    clock: systemClock,
-    log,
-    agentVersion: WARD_VERSION,
-    maxBytes: config.audit.maxBytes,
-    warnFraction: config.audit.warnFraction,
-    checkpointIntervalMs: config.audit.checkpointIntervalMs,
-    checkpointEvents: Math.min(1000, config.audit.maxBatchEvents),
-    checkpointBytes: Math.min(192 * 1024, config.audit.maxBatchBytes),
-  });
+  const journal = await AuditJournal.open(journalOptions(config, key, systemClock, log));
   try {
     const board = await detectBoard(hostFs(config.hardware.root), { board: config.hardware.board });
     const svc = await EnforceService.open({

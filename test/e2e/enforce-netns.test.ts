@@ -62,6 +62,11 @@ async function rig(t: ExecutionContext, mode: Mode): Promise<Rig> {
   return { topo, enforcer, monitor, audit, nft, policy };
 }
 
+/** Applies the line policy, changed by `changes`, as the controller would. */
+function applyAs(r: Rig, version: number, changes: Parameters<typeof linePolicy>[0]) {
+  return r.enforcer.apply({ validated: r.policy(changes), version, source: 'controller', actor: 'controller' });
+}
+
 function denied(audit: MemoryAuditSink, action: string, match: Record<string, unknown>): AuditEventInput | undefined {
   return audit.events.find((e) => e.action === action && Object.entries(match).every(([k, v]) => (e.details as Record<string, unknown>)[k] === v));
 }
@@ -108,13 +113,8 @@ for (const mode of ['routed', 'bridge'] as const) {
   maybe(`${mode}: observe passes everything but counts would-be denies; switching to enforce keeps an allowed connection and stops the attacker`, async (t) => {
     const r = await rig(t, mode);
     const { eng, attacker, plc1 } = r.topo.hosts;
-    await r.enforcer.apply({
-      validated: r.policy((p) => {
-        p.mode = 'observe';
-      }),
-      version: 1,
-      source: 'controller',
-      actor: 'controller',
+    await applyAs(r, 1, (p) => {
+      p.mode = 'observe';
     });
     const held = await r.topo.hold(eng, plc1, 502);
     t.teardown(() => held.close().catch(() => undefined));
@@ -147,13 +147,8 @@ for (const mode of ['routed', 'bridge'] as const) {
   maybe(`${mode}: a failed apply leaves the previous rules in force; rollback restores the one before`, async (t) => {
     const r = await rig(t, mode);
     const { eng, attacker, plc1 } = r.topo.hosts;
-    await r.enforcer.apply({
-      validated: r.policy((p) => {
-        p.mode = 'observe';
-      }),
-      version: 1,
-      source: 'controller',
-      actor: 'controller',
+    await applyAs(r, 1, (p) => {
+      p.mode = 'observe';
     });
     await r.enforcer.apply({ validated: r.policy(), version: 2, source: 'controller', actor: 'controller' });
     // The same state folder and kernel, but a binding nft refuses (an interface name longer than the kernel allows).
@@ -179,17 +174,12 @@ maybe("routed: a port in no zone reaching an enforced cell is judged in that cel
   const { plc1, plc2, historian } = r.topo.hosts;
   await r.topo.listen(plc2, { tcp: [502] });
   // PLC2's port is in no zone; the policy default is observe, the cell PLC1 is in enforces.
-  await r.enforcer.apply({
-    validated: r.policy((p) => {
-      p.mode = 'observe';
-      p.zones = p.zones?.filter((z) => z.name !== 'cell-b');
-      for (const z of p.zones ?? []) if (z.name === 'cell-a') z.mode = 'enforce';
-      p.assets = p.assets?.filter((a) => a.zone !== 'cell-b');
-      p.flows = p.flows?.filter((f) => f.id !== 'cnc-push').map((f) => (f.id === 'eng-program' ? { ...f, to: 'asset:press-plc' } : f));
-    }),
-    version: 1,
-    source: 'controller',
-    actor: 'controller',
+  await applyAs(r, 1, (p) => {
+    p.mode = 'observe';
+    p.zones = p.zones?.filter((z) => z.name !== 'cell-b');
+    for (const z of p.zones ?? []) if (z.name === 'cell-a') z.mode = 'enforce';
+    p.assets = p.assets?.filter((a) => a.zone !== 'cell-b');
+    p.flows = p.flows?.filter((f) => f.id !== 'cnc-push').map((f) => (f.id === 'eng-program' ? { ...f, to: 'asset:press-plc' } : f));
   });
   t.is(await r.topo.tcp(plc2, plc1, 502, DENY_MS), 'timeout', 'from the unzoned port into the enforced cell');
   t.is(await r.topo.tcp(plc2, historian, 8080), 'connected', 'unzoned to the observed uplink passes');
@@ -201,14 +191,9 @@ maybe("bridge: traffic routed through the gateway's own address is judged as str
   const r = await rig(t, 'bridge');
   const { attacker, eng, plc1 } = r.topo.hosts;
   await r.topo.exec(r.topo.gw, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
-  await r.enforcer.apply({
-    validated: r.policy((p) => {
-      p.mode = 'observe';
-      for (const z of p.zones ?? []) if (z.name === 'cell-a') z.mode = 'enforce';
-    }),
-    version: 1,
-    source: 'controller',
-    actor: 'controller',
+  await applyAs(r, 1, (p) => {
+    p.mode = 'observe';
+    for (const z of p.zones ?? []) if (z.name === 'cell-a') z.mode = 'enforce';
   });
   t.is(await r.topo.tcp(attacker, plc1, 502, DENY_MS), 'timeout', 'bridged: denied by the cell');
   const route = await r.topo.exec(attacker.ns, ['ip', 'route', 'add', `${plc1.ip}/32`, 'via', r.topo.gwIp]);
@@ -230,24 +215,14 @@ maybe('bridge: VLAN-tagged and non-IP frames into an enforced cell are dropped, 
     return (await recv).stdout.trim().split('\n').pop();
   };
   // All observe: every frame arrives (the probe sees them, so the next assertion can fail).
-  await r.enforcer.apply({
-    validated: r.policy((p) => {
-      p.mode = 'observe';
-    }),
-    version: 1,
-    source: 'controller',
-    actor: 'controller',
+  await applyAs(r, 1, (p) => {
+    p.mode = 'observe';
   });
   t.is(await trial(), 'PN U0 V0');
   // The uplink observes, the cell enforces: nothing but the policy's IP flows reaches the cell.
-  await r.enforcer.apply({
-    validated: r.policy((p) => {
-      p.mode = 'observe';
-      for (const z of p.zones ?? []) if (z.name === 'cell-a') z.mode = 'enforce';
-    }),
-    version: 2,
-    source: 'controller',
-    actor: 'controller',
+  await applyAs(r, 2, (p) => {
+    p.mode = 'observe';
+    for (const z of p.zones ?? []) if (z.name === 'cell-a') z.mode = 'enforce';
   });
   t.is(await trial(), 'nothing');
 });
