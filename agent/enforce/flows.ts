@@ -63,6 +63,7 @@ export class FlowMonitor {
   readonly #clock: Clock;
   /** Packets last seen per set element, to report deltas. */
   readonly #seen = new Map<string, number>();
+  #seenPlan: Plan | undefined;
   readonly #pending = new Map<string, DeniedAggregate>();
   readonly #lastReport = new Map<string, number>();
   #timer: NodeJS.Timeout | undefined;
@@ -115,6 +116,11 @@ export class FlowMonitor {
   async poll(): Promise<void> {
     const plan = this.#o.enforcer.plan;
     if (!plan) return;
+    // A new plan means a new table: its sets and counters started from zero, so old counts mean nothing.
+    if (plan !== this.#seenPlan) {
+      this.#seen.clear();
+      this.#seenPlan = plan;
+    }
     const now = this.#clock.now();
     const { sets, rules } = await this.#o.nft.snapshot();
     for (const chain of plan.chains) {

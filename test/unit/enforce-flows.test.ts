@@ -180,3 +180,25 @@ test('propose: a pair that used more than 64 ports (a scan while learning) becom
   );
   t.regex(proposal.text, /70 services in all, worth a look/);
 });
+
+test('after a new ruleset (a new plan), a tuple is counted afresh even when its count matches the old table', async (t) => {
+  const sets = new Map<string, SetElement[]>([['d_pair_3_1', [el('198.18.0.66', '198.18.1.10', 'tcp', 502, 1)]]]);
+  const audit = new MemoryAuditSink();
+  const enforcer = { plan } as { plan: typeof plan };
+  const monitor = new FlowMonitor({
+    enforcer: enforcer as unknown as Enforcer,
+    nft: { snapshot: async () => ({ sets, rules: [] }) } as unknown as Nft,
+    audit,
+    log: quietLog,
+    dir: await tempDir(t),
+    reportEveryMs: 0,
+  });
+  await monitor.poll();
+  monitor.report();
+  // The table was replaced (observe -> enforce): the same attacker's new attempt again counts 1 in the new set.
+  enforcer.plan = buildPlan(linePolicy(), { binding: { mode: 'routed', interfaces: { UPLINK: 'up0', PLC1: 'p1', PLC2: 'p2' } }, version: 5 });
+  await monitor.poll();
+  monitor.report();
+  t.is(audit.events.length, 2);
+  t.like(audit.events[1], { details: { count: 1, policyVersion: 5 } });
+});
