@@ -208,7 +208,7 @@ maybe('bridge: VLAN-tagged and non-IP frames into an enforced cell are dropped, 
   const r = await rig(t, 'bridge');
   const { attacker, plc1 } = r.topo.hosts;
   const trial = async () => {
-    const recv = r.topo.exec(plc1.ns, ['python3', L2, 'recv', '2.5'], { timeoutMs: 10_000 });
+    const recv = r.topo.exec(plc1.ns, ['python3', L2, 'recv', '4'], { timeoutMs: 15_000 });
     await new Promise((resolve) => setTimeout(resolve, 700));
     const sent = await r.topo.exec(attacker.ns, ['python3', L2, 'send', attacker.ip, plc1.ip]);
     t.is(sent.code, 0, sent.stderr);
