@@ -146,6 +146,17 @@ const FILE_RECORDS = 10000;
 const FILE_READ_MAX = 0xf5;
 const MEI_DEVICE_ID = 14;
 
+/** FC5/FC6 requests and their normal responses share one layout (§6.5, §6.6): address, value. */
+function singleWrite(pdu: Buffer, fc: 5 | 6, what: string): Decoded<{ address: number; value: number }> {
+  const short = exactly(pdu, 5, what);
+  if (short) return short;
+  const address = pdu.readUInt16BE(1);
+  const value = pdu.readUInt16BE(3);
+  // §6.5: any other value is not a coil state, and devices differ on what they do with it.
+  if (fc === 5 && value !== 0 && value !== COIL_ON) return bad(`${what}: coil value 0x${value.toString(16)}, expected 0x0000 or 0xFF00`);
+  return { address, value };
+}
+
 function diagnosticsData(pdu: Buffer, what: string): Decoded<{ subFunction: number; data: Buffer }> {
   const short = atLeast(pdu, 3, what);
   if (short) return short;
@@ -217,13 +228,8 @@ function decodeRequest(pdu: Buffer): Decoded<Request> {
     }
     case 5:
     case 6: {
-      const short = exactly(pdu, 5, what);
-      if (short) return short;
-      const address = pdu.readUInt16BE(1);
-      const value = pdu.readUInt16BE(3);
-      // §6.5: any other value is not a coil state, and devices differ on what they do with it.
-      if (fc === 5 && value !== 0 && value !== COIL_ON) return bad(`${what}: coil value 0x${value.toString(16)}, expected 0x0000 or 0xFF00`);
-      return { kind: 'write-single', fc, table: fc === 5 ? 'coils' : 'holding-registers', address, value };
+      const w = singleWrite(pdu, fc, what);
+      return refused(w) ? w : { kind: 'write-single', fc, table: fc === 5 ? 'coils' : 'holding-registers', ...w };
     }
     case 7:
     case 11:
@@ -363,11 +369,9 @@ function decodeResponse(pdu: Buffer, request: Request | undefined): Decoded<Resp
     }
     case 5:
     case 6: {
-      const short = exactly(pdu, 5, what);
-      if (short) return short;
-      const address = pdu.readUInt16BE(1);
-      const value = pdu.readUInt16BE(3);
-      if (fc === 5 && value !== 0 && value !== COIL_ON) return bad(`${what}: coil value 0x${value.toString(16)}, expected 0x0000 or 0xFF00`);
+      const w = singleWrite(pdu, fc, what);
+      if (refused(w)) return w;
+      const { address, value } = w;
       if (request?.kind === 'write-single' && (request.address !== address || request.value !== value)) {
         return bad(`${what}: echo ${address}=${value} does not match the request's ${request.address}=${request.value}`);
       }
