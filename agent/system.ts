@@ -206,6 +206,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     deviceId: config.deviceId ?? identity?.deviceId ?? 'unprovisioned',
     clock,
     logger: (name) => logger.child({ plugin: name }),
+    audit,
   });
 
   const openedJournal = await AuditJournal.open({
@@ -219,7 +220,16 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   journal = openedJournal;
   let enforce: EnforceService;
   try {
-    enforce = await EnforceService.open({ config: config.enforce, stateDir: config.stateDir, board, audit, log: logger.child({ area: 'enforce' }), clock });
+    enforce = await EnforceService.open({
+      config: config.enforce,
+      stateDir: config.stateDir,
+      board,
+      audit,
+      log: logger.child({ area: 'enforce' }),
+      clock,
+      context: { protocols: plugins.protocols },
+      proxies: () => plugins.proxies,
+    });
   } catch (err) {
     await openedJournal.close();
     throw err;
@@ -576,6 +586,10 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       await enforce.start();
       await local.start().catch((err) => logger.warn({ err: describeError(err) }, 'local control socket not available; ward enforce acts directly'));
       await plugins.start();
+      // The kernel may already redirect flows to protocol proxies (restored above); now they can listen.
+      await enforce.enforcer
+        .syncProxies()
+        .catch((err) => logger.error({ err: describeError(err) }, 'protocol proxies could not take the routes of the policy in force'));
       await link?.start();
       if (link === undefined) watchController(false);
       if (hw.scanner) void consumeScans(hw.scanner).catch((err) => logger.warn({ err: describeError(err) }, 'scanner input ended'));

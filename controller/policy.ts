@@ -9,6 +9,7 @@ import { POLICY_TTL_SECONDS, POLICY_TYPE } from '../agent/shared/policy/message.
 import { checkPolicy } from '../agent/shared/policy/model.js';
 import { isDeviceId, topics } from '../agent/shared/topics.js';
 import { ensurePrivateDir, writeFileAtomic } from '../agent/state/files.js';
+import { builtinProtocols } from '../plugins/index.js';
 
 /**
  * The controller's side of segmentation: checks a policy, signs it for one
@@ -66,7 +67,7 @@ export class PolicyService {
   async #publish(deviceId: string, data: unknown, actor: string): Promise<PublishedPolicy> {
     let validated: ReturnType<typeof checkPolicy>;
     try {
-      validated = checkPolicy(data);
+      validated = checkPolicy(data, { protocols: builtinProtocols() });
     } catch (err) {
       this.#o.audit.record({
         category: 'request-error',

@@ -1,4 +1,5 @@
-import type { AnyPluginDefinition } from './api/index.js';
+import type { AnyPluginDefinition, ProtocolDescription } from './api/index.js';
+import modbus from './modbus/index.js';
 import sim from './sim/index.js';
 
 /**
@@ -6,4 +7,15 @@ import sim from './sim/index.js';
  * dynamic import) so that the single binary bundles them all and a plugin
  * can only be added by a reviewed change here.
  */
-export const builtinPlugins: readonly AnyPluginDefinition[] = [sim];
+export const builtinPlugins: readonly AnyPluginDefinition[] = [modbus, sim];
+
+/**
+ * The operation vocabularies of every built-in protocol plugin, by protocol key: what the controller (and
+ * `ward enforce check` away from a gateway) checks a policy's `ops` against. A gateway checks against the
+ * plugins it has enabled (PluginHost.protocols), so a policy using one it lacks is refused there.
+ */
+export function builtinProtocols(): Record<string, ProtocolDescription> {
+  const out: Record<string, ProtocolDescription> = {};
+  for (const p of builtinPlugins) if (p.protocol) out[p.protocol.name] = p.protocol;
+  return out;
+}

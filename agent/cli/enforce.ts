@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { InvalidArgumentError } from 'commander';
 import { detectBoard } from '../../hardware/boards/detect.js';
 import { hostFs } from '../../hardware/sysfs/hostfs.js';
+import { builtinProtocols } from '../../plugins/index.js';
 import { AuditJournal } from '../audit/journal.js';
 import { logAuditSink } from '../audit-log.js';
 import { loadConfigFile } from '../config/load.js';
@@ -168,7 +169,7 @@ export async function enforceFailsafe(opts: { config: string; leave?: boolean; a
 
 /** Offline check of a policy file: no config, no kernel. */
 export async function enforceCheck(opts: { policy: string }, io: EnforceIo): Promise<void> {
-  const { policy, digest } = parsePolicyText(await readFile(opts.policy, 'utf8'));
+  const { policy, digest } = parsePolicyText(await readFile(opts.policy, 'utf8'), { protocols: builtinProtocols() });
   io.out.write(
     `valid: policy ${policy.name}, ${policy.zones.length} zone(s), ${policy.assets.length} asset(s), ${policy.flows.length} flow(s), sha256 ${digest}\n`,
   );
@@ -186,7 +187,7 @@ export function parseLearnDuration(text: string): number {
 
 /** `ward controller policy-push`: checks a policy file locally, then asks the controller to sign and publish it for a device. */
 export async function policyPush(opts: { api: string; device: string; policy: string; as?: string }, io: EnforceIo): Promise<void> {
-  const { policy } = parsePolicyText(await readFile(opts.policy, 'utf8'));
+  const { policy } = parsePolicyText(await readFile(opts.policy, 'utf8'), { protocols: builtinProtocols() });
   const res = await fetch(new URL(`/api/devices/${encodeURIComponent(opts.device)}/policy`, opts.api), {
     method: 'PUT',
     headers: { 'content-type': 'application/json' },

@@ -186,6 +186,14 @@ export const agentConfigSchema = z
         /** At most one denied-flow event per connection tuple this often. */
         reportEverySeconds: z.number().int().min(1).max(86_400).default(60),
         maxEventsPerReport: z.number().int().min(1).max(10_000).default(50),
+        /**
+         * Gateway ports the protocol proxies listen on, one per proxied destination (flows with `ops`, routed
+         * mode). Pick a range nothing else on the gateway uses.
+         */
+        proxyPorts: z
+          .strictObject({ from: z.number().int().min(1024).max(65_535), to: z.number().int().min(1024).max(65_535) })
+          .refine((r) => r.from <= r.to, { message: 'proxyPorts.from must not be above proxyPorts.to' })
+          .default({ from: 15_020, to: 15_519 }),
       })
       .default({
         mode: 'routed',
@@ -196,6 +204,7 @@ export const agentConfigSchema = z
         pollSeconds: 10,
         reportEverySeconds: 60,
         maxEventsPerReport: 50,
+        proxyPorts: { from: 15_020, to: 15_519 },
       }),
     log: z
       .strictObject({

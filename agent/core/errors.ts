@@ -139,6 +139,11 @@ export const ErrorCodes = {
   ENFORCE_CHECK_FAILED: 'WARD_ENFORCE_CHECK_FAILED',
   ENFORCE_NO_POLICY: 'WARD_ENFORCE_NO_POLICY',
   ENFORCE_NO_PREVIOUS: 'WARD_ENFORCE_NO_PREVIOUS',
+  ENFORCE_NO_PROXY: 'WARD_ENFORCE_NO_PROXY',
+  // protocol plugins' audit codes (plugins/api restates them as strings: plugins do not import agent code)
+  MODBUS_DENIED: 'WARD_MODBUS_DENIED',
+  MODBUS_MALFORMED: 'WARD_MODBUS_MALFORMED',
+  MODBUS_UPSTREAM: 'WARD_MODBUS_UPSTREAM',
 } as const;
 
 export type WardErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

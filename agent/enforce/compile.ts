@@ -64,6 +64,7 @@ export function renderRuleset(plan: Plan): Ruleset {
   const chains: string[] = [];
   renderHooks(plan, emit(chains), chains, bridge);
   for (const chain of plan.chains) renderChain(chain, plan, emit(chains), chains, addresses);
+  renderSteering(plan, emit(chains), chains, addresses);
   const out: string[] = [`table inet ${TABLE} {`, '\tcomment "@TAG@"'];
   out.push(...addresses.render());
   for (const chain of plan.chains) renderSets(chain, plan, out);
@@ -203,6 +204,12 @@ function renderChain(chain: ChainPlan, plan: Plan, rule: Emit, out: string[], ad
         : `zone ${chain.from} -> the gateway`;
   out.push(`\t\t# ${what}: ${chain.mode}`);
   rule(2, `ct state invalid counter ${verdict}`, `ward:invalid:${chain.name}`);
+  if (chain.kind === 'input') {
+    // Connections the steering chain redirected to a protocol proxy (and only those: a direct connection to a proxy port has no dnat status).
+    for (const st of plan.steered.filter((x) => `in_${x.zone}` === chain.name)) {
+      rule(2, `tcp dport ${st.listenPort} ct status dnat counter accept`, `ward:proxy:${st.listenPort}`);
+    }
+  }
   if (plan.learn) rule(2, `meta l4proto { tcp, udp } update @l_${chain.name} { ip saddr . ip daddr . meta l4proto . th dport }`, `ward:learn:${chain.name}`);
   for (const r of chain.rules) renderFlowRule(chain, r, rule, addresses);
   rule(
@@ -238,6 +245,27 @@ function renderFlowRule(chain: ChainPlan, r: RulePlan, rule: Emit, addresses: Ad
     if (ranges.length > 0) rule(2, `${match(`${proto} dport ${set(ranges.map(portText))}`)}${record(proto)} counter ${verdict}`, comment);
   }
   if (r.services.icmp) rule(2, `${match('icmp type echo-request')}${record('icmp')} counter ${verdict}`, comment);
+}
+
+/**
+ * Flows with protocol operations: new connections from the flow's sources, arriving on its ingress zone's ports,
+ * to one destination port are redirected to the plugin proxy's port for that destination (routed mode only;
+ * plan.ts leaves such flows out otherwise). Redirect keeps the client's source address, so the proxy knows who
+ * is asking, and the listen port tells it where the client meant to go.
+ */
+function renderSteering(plan: Plan, rule: Emit, out: string[], addresses: AddressBook): void {
+  const zones = new Map(plan.zones.map((z) => [z.index, z]));
+  const steered = plan.steered.filter((st) => (zones.get(st.zone)?.interfaces.length ?? 0) > 0);
+  if (steered.length === 0) return;
+  out.push('', '\tchain steer {', '\t\ttype nat hook prerouting priority dstnat; policy accept;');
+  for (const st of steered) {
+    const ifs = set((zones.get(st.zone) as ZonePlan).interfaces.map(q));
+    for (const g of st.grants) {
+      const src = g.src.length > 0 ? ` ip saddr ${addresses.ref(g.src)}` : '';
+      rule(2, `iifname ${ifs}${src} ip daddr ${st.target.address} tcp dport ${st.target.port} counter redirect to :${st.listenPort}`, `ward:steer:${g.flow}`);
+    }
+  }
+  out.push('\t}');
 }
 
 function renderBridge(plan: Plan, rule: Emit, out: string[]): void {

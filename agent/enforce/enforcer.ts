@@ -2,6 +2,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createTwoFilesPatch } from 'diff';
 import { z } from 'zod';
+import type { ProtocolProxy, ProxyRoute } from '../../plugins/api/index.js';
 import type { AuditSink } from '../core/audit.js';
 import { type Clock, systemClock } from '../core/clock.js';
 import { describeError, ErrorCodes, isWardError, WardError } from '../core/errors.js';
@@ -45,6 +46,26 @@ export interface EnforcerOptions {
   readonly context?: ValidationContext;
   /** Forget established connections a new ruleset denies (default true; needs the conntrack tool). */
   readonly revokeEstablished?: boolean;
+  /** Gateway ports the protocol proxies listen on (routed mode); flows with `ops` need it. */
+  readonly proxyPorts?: { readonly from: number; readonly to: number };
+  /** The started protocol plugins' proxies, by protocol key (asked at each change: plugins start after the enforcer opens). */
+  readonly proxies?: () => Readonly<Record<string, ProtocolProxy>>;
+}
+
+/** The plan's steered destinations as each protocol proxy's route table. */
+export function proxyRoutes(plan: Plan | undefined): Map<string, ProxyRoute[]> {
+  const out = new Map<string, ProxyRoute[]>();
+  for (const st of plan?.steered ?? []) {
+    const routes = out.get(st.protocol) ?? [];
+    routes.push({
+      listenPort: st.listenPort,
+      target: st.target,
+      zone: st.zoneName,
+      grants: st.grants.map((g) => ({ flow: g.flow, sources: g.src.map((c) => c.text), ops: g.ops, mode: g.mode })),
+    });
+    out.set(st.protocol, routes);
+  }
+  return out;
 }
 
 const activeRecord = z.strictObject({
@@ -178,7 +199,13 @@ export class Enforcer {
   }
 
   #planFor(validated: ValidatedPolicy, version: number, opts: { safe?: boolean; learn?: boolean } = {}): Plan {
-    return buildPlan(validated, { binding: this.#o.binding, version, safe: opts.safe ?? false, learn: opts.learn ?? this.learning !== undefined });
+    return buildPlan(validated, {
+      binding: this.#o.binding,
+      version,
+      safe: opts.safe ?? false,
+      learn: opts.learn ?? this.learning !== undefined,
+      ...(this.#o.proxyPorts ? { proxyPorts: this.#o.proxyPorts } : {}),
+    });
   }
 
   /** Compiles without touching the kernel (`ward enforce diff`, tests). */
@@ -244,13 +271,23 @@ export class Enforcer {
       this.#record('enforce.policy-apply', 'refused', request.actor, { ...base, lockouts }, err.code);
       throw err;
     }
+    const unproxied = this.#unproxied(plan, safePlan);
+    if (unproxied.length > 0) {
+      const err = new WardError(ErrorCodes.ENFORCE_NO_PROXY, `policy has flows this gateway cannot proxy: ${unproxied.join('; ')}`, {
+        details: { flows: unproxied },
+      });
+      this.#record('enforce.policy-apply', 'refused', request.actor, { ...base, unproxied }, err.code);
+      throw err;
+    }
     const ruleset = renderRuleset(plan);
     const previousScript = this.#inForce();
     try {
       await this.#beforeReplace();
       await this.#prepareKernel();
+      await this.#steer(plan);
       await this.#o.nft.load(ruleset.script);
     } catch (err) {
+      await this.#steer(this.#plan).catch(() => undefined);
       this.#record('enforce.policy-apply', 'failure', request.actor, { ...base, error: describeError(err) }, codeOf(err));
       throw err;
     }
@@ -258,6 +295,7 @@ export class Enforcer {
       await this.#verifyKernel(ruleset.script);
     } catch (err) {
       await this.#restoreAfterFailedCheck(previousScript, request.actor, base);
+      await this.#steer(this.#plan).catch(() => undefined);
       this.#record(
         'enforce.policy-apply',
         'failure',
@@ -315,6 +353,29 @@ export class Enforcer {
     return { version, tag: ruleset.tag, changedModes, warnings: plan.warnings };
   }
 
+  /** Flows with `ops` the plan could not steer, or whose protocol has no running proxy here (empty: all served). */
+  #unproxied(...plans: (Plan | undefined)[]): string[] {
+    const out = new Set<string>();
+    const proxies = this.#o.proxies?.() ?? {};
+    for (const plan of plans) {
+      for (const u of plan?.unsteered ?? []) out.add(`${u.flow}: ${u.reason}`);
+      for (const st of plan?.steered ?? []) {
+        if (!proxies[st.protocol]) for (const g of st.grants) out.add(`${g.flow}: the ${st.protocol} plugin is not enabled on this gateway`);
+      }
+    }
+    return [...out];
+  }
+
+  /**
+   * Gives each protocol proxy the routes of `plan`, before the ruleset that redirects to them is loaded (a
+   * redirect to a port nobody listens on would reset the line's connections).
+   */
+  async #steer(plan: Plan | undefined): Promise<void> {
+    const proxies = this.#o.proxies?.() ?? {};
+    const routes = proxyRoutes(plan);
+    for (const [protocol, proxy] of Object.entries(proxies)) await proxy.setRoutes(routes.get(protocol) ?? []);
+  }
+
   /** The script the kernel should hold now. */
   #inForce(): string | undefined {
     return this.#failsafe ? (this.#active?.safeScript ?? this.#active?.script) : this.#active?.script;
@@ -335,7 +396,7 @@ export class Enforcer {
    * reported, never undoes the apply.
    */
   async #revokeEstablished(plan: Plan | undefined, actor: string): Promise<void> {
-    if (!plan?.chains.some((c) => c.mode === 'enforce') || this.#o.revokeEstablished === false) return;
+    if ((!plan?.chains.some((c) => c.mode === 'enforce') && !plan?.steered.length) || this.#o.revokeEstablished === false) return;
     try {
       const [connections, local] = [await this.#o.nft.connections(), await this.#o.nft.localAddresses()];
       const revoke = connectionsToRevoke(plan, connections, local);
@@ -418,10 +479,12 @@ export class Enforcer {
       try {
         await this.#beforeReplace();
         await this.#prepareKernel();
+        await this.#steer(this.#planFor(checkPolicy(previous.policy, this.#o.context), previous.version));
         await this.#o.nft.load(previous.script);
         await this.#verifyKernel(previous.script);
       } catch (err) {
         if (inForce) await this.#o.nft.load(inForce).catch(() => undefined);
+        await this.#steer(this.#plan).catch(() => undefined);
         this.#record('enforce.rollback', 'failure', actor, { from: current.version, to: previous.version, error: describeError(err) }, codeOf(err));
         throw err;
       }
@@ -448,6 +511,8 @@ export class Enforcer {
     return this.#serial(async () => {
       const script = this.#inForce();
       if (!this.#active || script === undefined) return 'none';
+      // The proxies start empty with the agent: they serve what the kernel redirects, kept or re-applied.
+      await this.#steer(this.#plan);
       const tables = await this.#o.nft.tables();
       const problems = kernelMismatch(tables, script);
       if (problems.length === 0) return 'kept';
@@ -461,6 +526,11 @@ export class Enforcer {
     });
   }
 
+  /** Hands the plan in force to the protocol proxies again (they start after the enforcer has restored the kernel). */
+  async syncProxies(): Promise<void> {
+    return this.#serial(() => this.#steer(this.#plan));
+  }
+
   /** Fail-safe (failMode safe): load the precompiled safe ruleset; `keep-last` keeps what is there. */
   async enterFailsafe(reason: string, actor = 'ward-agent'): Promise<boolean> {
     return this.#serial(async () => {
@@ -468,6 +538,7 @@ export class Enforcer {
       if (!active?.safeScript || this.#failsafe) return false;
       await this.#beforeReplace();
       await this.#prepareKernel();
+      await this.#steer(this.#planFor(this.#activeValidated(), active.version, { safe: true, learn: false }));
       await this.#o.nft.load(active.safeScript);
       await this.#verifyKernel(active.safeScript);
       this.#failsafe = true;
@@ -484,6 +555,7 @@ export class Enforcer {
       const active = this.#active;
       if (!this.#failsafe || !active) return false;
       await this.#beforeReplace();
+      await this.#steer(this.#planFor(this.#activeValidated(), active.version));
       await this.#o.nft.load(active.script);
       await this.#verifyKernel(active.script);
       this.#failsafe = false;

@@ -87,6 +87,8 @@ export interface Connection {
   readonly dst: string;
   readonly sport: number;
   readonly dport: number;
+  /** The reply direction's source when it is not the original destination: the connection was redirected (to a protocol proxy). */
+  readonly replySrc?: string;
 }
 
 export interface WardTables {
@@ -236,8 +238,19 @@ export class Nft {
       const r = await this.#exec([systemBinary('conntrack'), '-L', '-p', proto]);
       if (r.code !== 0) throw new WardError(ErrorCodes.ENFORCE_APPLY_FAILED, `conntrack -L failed: ${firstLines(r.stderr)}`, { retryable: true });
       for (const line of r.stdout.split('\n')) {
-        const m = /\bsrc=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)/.exec(line);
-        if (m) out.push({ proto, src: m[1] as string, dst: m[2] as string, sport: Number(m[3]), dport: Number(m[4]) });
+        const m =
+          /\bsrc=(\S+) dst=(\S+) sport=(\d+) dport=(\d+).*?\bsrc=(\S+) dst=\S+ sport=\d+ dport=\d+/.exec(line) ??
+          /\bsrc=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)/.exec(line);
+        if (!m) continue;
+        const replySrc = m[5];
+        out.push({
+          proto,
+          src: m[1] as string,
+          dst: m[2] as string,
+          sport: Number(m[3]),
+          dport: Number(m[4]),
+          ...(replySrc !== undefined && replySrc !== m[2] ? { replySrc } : {}),
+        });
       }
     }
     return out;

@@ -46,6 +46,27 @@ export interface PlanOptions {
   readonly safe?: boolean;
   /** Record every new connection per chain for `ward enforce propose`. */
   readonly learn?: boolean;
+  /**
+   * Gateway ports the protocol proxies may listen on (routed mode): flows with
+   * `ops` are redirected there instead of being allowed in their pair chain.
+   * Without it those flows are left out (denied) and named in `unsteered`.
+   */
+  readonly proxyPorts?: { readonly from: number; readonly to: number };
+}
+
+/**
+ * One proxied destination per (protocol, ingress zone, address, port): the
+ * nat rule redirects the flow's sources there to `listenPort`, the protocol
+ * plugin's proxy serves it against the grants.
+ */
+export interface SteerPlan {
+  readonly protocol: string;
+  readonly listenPort: number;
+  /** Index of the ingress zone (0 = ports in no zone). */
+  readonly zone: number;
+  readonly zoneName: string;
+  readonly target: { readonly address: string; readonly port: number };
+  readonly grants: readonly { readonly flow: string; readonly src: readonly Cidr[]; readonly ops: readonly string[]; readonly mode: Mode }[];
 }
 
 export interface PortRanges {
@@ -100,6 +121,10 @@ export interface Plan {
   readonly warnings: readonly string[];
   /** Where the policy places addresses (assets and zone subnets), for judging tracked connections. */
   readonly addressZones: readonly { readonly cidr: Cidr; readonly zone: number }[];
+  /** Destinations served by protocol proxies, ordered by listen port. */
+  readonly steered: readonly SteerPlan[];
+  /** Flows with `ops` that could not be steered (and are therefore denied), with the reason. */
+  readonly unsteered: readonly { readonly flow: string; readonly reason: string }[];
 }
 
 export function zoneMode(policy: Policy, zone: Zone): Mode {
@@ -162,10 +187,41 @@ export function buildPlan(validated: ValidatedPolicy, options: PlanOptions): Pla
   const kept = options.safe ? new Set(policy.safe) : undefined;
   // Deny flows first: validation guarantees no deny overlaps an allow, so order only decides which counter a packet hits.
   const ordered = [...policy.flows.filter((f) => f.action === 'deny'), ...policy.flows.filter((f) => f.action === 'allow')];
+  const steers = new Map<string, { protocol: string; zone: ZonePlan; target: { address: string; port: number }; grants: SteerPlan['grants'][number][] }>();
+  const unsteered: { flow: string; reason: string }[] = [];
   for (const flow of ordered) {
     if (kept && !kept.has(flow.id)) continue;
     const resolved = resolveFlow(flow, policyZones, assets, roles);
     const services = portRanges(flow.services);
+    const ops = flow.ops ? Object.entries(flow.ops)[0] : undefined;
+    if (ops) {
+      // Never fall back to a plain allow: without its proxy, a flow limited to reads would also carry writes.
+      if (options.binding.mode !== 'routed')
+        unsteered.push({ flow: flow.id, reason: 'protocol proxies need routed mode (a bridge cannot redirect to the gateway)' });
+      else if (!options.proxyPorts) unsteered.push({ flow: flow.id, reason: 'no proxy port range is configured (enforce.proxyPorts)' });
+      else {
+        for (const from of resolved.from) {
+          const fromZone = zoneByName.get(from.zone);
+          if (!fromZone) continue;
+          for (const dst of resolved.to) {
+            const toZone = zoneByName.get(dst.zone);
+            if (!toZone) continue;
+            for (const cidr of dst.cidrs) {
+              for (const [port] of services.tcp) {
+                const key = `${ops[0]}|${String(fromZone.index).padStart(3, '0')}|${String(cidr.base).padStart(10, '0')}|${String(port).padStart(5, '0')}`;
+                let entry = steers.get(key);
+                if (!entry) {
+                  entry = { protocol: ops[0], zone: fromZone, target: { address: cidr.text.replace(/\/32$/, ''), port }, grants: [] };
+                  steers.set(key, entry);
+                }
+                entry.grants.push({ flow: flow.id, src: from.cidrs, ops: ops[1], mode: pairMode(fromZone, toZone) });
+              }
+            }
+          }
+        }
+      }
+      continue;
+    }
     for (const src of resolved.from) {
       const fromZone = zoneByName.get(src.zone);
       if (!fromZone) continue;
@@ -176,6 +232,17 @@ export function buildPlan(validated: ValidatedPolicy, options: PlanOptions): Pla
         chain.rules.push({ flow: flow.id, action: flow.action, src: src.cidrs, dst: dst.cidrs, services });
       }
     }
+  }
+  const steered: SteerPlan[] = [];
+  const range = options.proxyPorts;
+  for (const key of [...steers.keys()].sort()) {
+    const e = steers.get(key) as NonNullable<ReturnType<typeof steers.get>>;
+    const listenPort = (range?.from ?? 0) + steered.length;
+    if (!range || listenPort > range.to) {
+      for (const g of e.grants) unsteered.push({ flow: g.flow, reason: `more proxied destinations than proxy ports ${range?.from}-${range?.to}` });
+      continue;
+    }
+    steered.push({ protocol: e.protocol, listenPort, zone: e.zone.index, zoneName: e.zone.name, target: e.target, grants: e.grants });
   }
   return {
     policy: policy.name,
@@ -192,7 +259,14 @@ export function buildPlan(validated: ValidatedPolicy, options: PlanOptions): Pla
     safe: options.safe === true,
     learn: options.learn === true,
     warnings,
+    steered,
+    unsteered: dedupeUnsteered(unsteered),
   };
+}
+
+function dedupeUnsteered(list: readonly { flow: string; reason: string }[]): { flow: string; reason: string }[] {
+  const seen = new Map(list.map((u) => [`${u.flow}|${u.reason}`, u]));
+  return [...seen.values()];
 }
 
 function portRanges(services: readonly string[]): PortRanges {
@@ -294,6 +368,8 @@ export interface TrackedConnection {
   readonly dst: string;
   readonly sport: number;
   readonly dport: number;
+  /** Set when the reply comes from elsewhere than the original destination (redirected to a proxy). */
+  readonly replySrc?: string;
 }
 
 /**
@@ -311,8 +387,12 @@ export function connectionsToRevoke(plan: Plan, connections: readonly TrackedCon
     return [...new Set(plan.addressZones.filter((a) => n >= a.cidr.base && n <= a.cidr.base + 2 ** (32 - a.cidr.bits) - 1).map((a) => a.zone))];
   };
   const chains = new Map(plan.chains.map((c) => [c.name, c]));
+  const steered = steeredConnections(plan, connections, local);
   return connections.filter((c) => {
+    if (steered.includes(c)) return true;
     if (local.includes(c.src) || local.includes(c.dst) || !isIpv4Address(c.src) || !isIpv4Address(c.dst)) return false;
+    // Served by a protocol proxy on the gateway: the proxy judges it, and closes it when its route goes.
+    if (c.replySrc !== undefined && local.includes(c.replySrc)) return false;
     const srcZones = zonesOf(c.src);
     const dstZones = zonesOf(c.dst);
     if (srcZones.length === 0 && dstZones.length === 0) return false;
@@ -324,5 +404,24 @@ export function connectionsToRevoke(plan: Plan, connections: readonly TrackedCon
       }
     }
     return true;
+  });
+}
+
+/**
+ * Connections to a steered destination that do not go through its proxy (they
+ * were open before the flow got operations, in any mode): forgotten, so their
+ * next packet meets the redirect and the client reconnects through the proxy.
+ */
+export function steeredConnections(plan: Plan, connections: readonly TrackedConnection[], local: readonly string[]): TrackedConnection[] {
+  if (plan.steered.length === 0) return [];
+  return connections.filter((c) => {
+    if (c.proto !== 'tcp' || local.includes(c.src) || (c.replySrc !== undefined && local.includes(c.replySrc)) || !isIpv4Address(c.src)) return false;
+    const src = ipToNumber(c.src);
+    return plan.steered.some(
+      (st) =>
+        st.target.address === c.dst &&
+        st.target.port === c.dport &&
+        st.grants.some((g) => g.src.length === 0 || g.src.some((cidr) => src >= cidr.base && src <= cidr.base + 2 ** (32 - cidr.bits) - 1)),
+    );
   });
 }

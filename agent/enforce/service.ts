@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import type { DetectedBoard } from '../../hardware/api/index.js';
+import type { ProtocolProxy } from '../../plugins/api/index.js';
 import type { AuditSink } from '../core/audit.js';
 import { type Clock, systemClock } from '../core/clock.js';
 import { describeError, ErrorCodes, WardError } from '../core/errors.js';
@@ -31,6 +32,7 @@ export interface EnforceConfig {
   readonly pollSeconds: number;
   readonly reportEverySeconds: number;
   readonly maxEventsPerReport: number;
+  readonly proxyPorts?: { readonly from: number; readonly to: number };
 }
 
 export interface EnforceServiceOptions {
@@ -41,6 +43,8 @@ export interface EnforceServiceOptions {
   readonly log: Logger;
   readonly clock?: Clock;
   readonly context?: ValidationContext;
+  /** The started protocol plugins' proxies (flows with `ops` are steered to them). */
+  readonly proxies?: () => Readonly<Record<string, ProtocolProxy>>;
 }
 
 const IFNAME = /^[A-Za-z0-9_.:@-]{1,15}$/;
@@ -100,6 +104,8 @@ export class EnforceService {
       ...(o.clock ? { clock: o.clock } : {}),
       management: o.config.management,
       context,
+      ...(o.config.proxyPorts ? { proxyPorts: o.config.proxyPorts } : {}),
+      ...(o.proxies ? { proxies: o.proxies } : {}),
     });
     return new EnforceService({ ...o, context }, nft, enforcer);
   }

@@ -1,4 +1,12 @@
-import type { AnyPluginDefinition, PluginClock, PluginInstance, PluginLogger } from '../../plugins/api/index.js';
+import type {
+  AnyPluginDefinition,
+  PluginAudit,
+  PluginClock,
+  PluginInstance,
+  PluginLogger,
+  ProtocolDescription,
+  ProtocolProxy,
+} from '../../plugins/api/index.js';
 import { PLUGIN_API_VERSION } from '../../plugins/api/index.js';
 import { describeError, ErrorCodes, WardError } from '../core/errors.js';
 
@@ -14,6 +22,8 @@ export interface PluginHostOptions {
   readonly deviceId: string;
   readonly clock: PluginClock;
   readonly logger: (pluginName: string) => PluginLogger;
+  /** Where plugins' audit events go (the agent's journal); events without one are dropped. */
+  readonly audit?: PluginAudit;
   readonly startTimeoutMs?: number;
   readonly stopTimeoutMs?: number;
 }
@@ -83,6 +93,27 @@ export class PluginHost {
     return this.#order.map((p) => p.definition.manifest.name);
   }
 
+  /**
+   * Protocol descriptions of the enabled plugins, by the key flows use under
+   * `ops`: the policy checker's vocabulary on this gateway. Known before
+   * start(), so a policy can be checked while plugins are still starting.
+   */
+  get protocols(): Record<string, ProtocolDescription> {
+    const out: Record<string, ProtocolDescription> = {};
+    for (const { definition } of this.#order) if (definition.protocol) out[definition.protocol.name] = definition.protocol;
+    return out;
+  }
+
+  /** The started protocol plugins' proxies, by protocol key (the enforcer steers flows to them). */
+  get proxies(): Record<string, ProtocolProxy> {
+    const out: Record<string, ProtocolProxy> = {};
+    for (const { definition } of this.#order) {
+      const loaded = this.#loaded.find((l) => l.name === definition.manifest.name);
+      if (definition.protocol && loaded?.started && loaded.instance.proxy) out[definition.protocol.name] = loaded.instance.proxy;
+    }
+    return out;
+  }
+
   async start(): Promise<void> {
     for (const { definition, config } of this.#order) {
       const name = definition.manifest.name;
@@ -92,6 +123,7 @@ export class PluginHost {
         log: this.options.logger(name),
         clock: this.options.clock,
         signal: this.#abort.signal,
+        audit: this.options.audit ?? { record() {} },
       });
       const loaded: Loaded = { name, instance, started: false };
       this.#loaded.push(loaded);

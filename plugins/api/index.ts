@@ -49,6 +49,76 @@ export interface PluginContext<C> {
   readonly log: PluginLogger;
   readonly clock: PluginClock;
   readonly signal: AbortSignal;
+  /** The agent's signed audit journal. Never throws, never waits: safe on a data path. */
+  readonly audit: PluginAudit;
+}
+
+/** One audit event (the agent's AuditEventInput, restated here so plugins depend on this module alone). */
+export interface PluginAuditEvent {
+  readonly category: 'access-control' | 'request-error' | 'control-system' | 'configuration-change' | 'reconnaissance';
+  readonly actor: string;
+  readonly action: string;
+  readonly target?: string;
+  readonly outcome: 'success' | 'failure' | 'refused';
+  readonly code?: string;
+  readonly details?: Readonly<Record<string, unknown>>;
+}
+
+export interface PluginAudit {
+  record(event: PluginAuditEvent): void;
+}
+
+/**
+ * What a protocol plugin tells the policy checker and the segmentation
+ * compiler (DESIGN.md §6). A flow names operations under the protocol's key
+ * (`ops: { modbus: [read-only, "write holding 100-119"] }`); the checker asks
+ * `check` about each flow's list on the controller and on the gateway alike,
+ * so it must be pure and must not depend on the plugin's runtime config.
+ */
+export interface ProtocolDescription {
+  /** The key flows use under `ops` (usually the plugin's name). */
+  readonly name: string;
+  /** Where the protocol usually listens (documentation and `ward enforce propose`). */
+  readonly defaultPorts: readonly { readonly proto: 'tcp' | 'udp'; readonly port: number }[];
+  /** The words a policy may use, each with one line for people. */
+  readonly vocabulary: readonly { readonly op: string; readonly meaning: string }[];
+  /** Problems with one flow's operation list (empty: fine). Messages name the offending entry. */
+  check(ops: readonly string[]): string[];
+}
+
+/**
+ * One steered destination: the segmentation compiler redirects matching new
+ * connections to `listenPort` on the gateway, and the plugin's proxy serves
+ * them against `target`. A route belongs to one ingress zone, so `sources`
+ * empty means "any address arriving from that zone".
+ */
+export interface ProxyRoute {
+  readonly listenPort: number;
+  readonly target: { readonly address: string; readonly port: number };
+  readonly zone: string;
+  readonly grants: readonly ProxyGrant[];
+}
+
+export interface ProxyGrant {
+  /** The policy flow that allows this, for audit events. */
+  readonly flow: string;
+  /** IPv4 CIDRs; empty = any source in the route's zone. */
+  readonly sources: readonly string[];
+  readonly ops: readonly string[];
+  /** observe: forward everything and report what would be denied. */
+  readonly mode: 'observe' | 'enforce';
+}
+
+/** The proxy side of a protocol plugin, driven by the enforcer. */
+export interface ProtocolProxy {
+  /**
+   * Replace the route table. Called before the ruleset that redirects to
+   * these ports is loaded, so every listener must be up when it resolves; a
+   * port it cannot bind rejects, which fails the apply. Connections already
+   * open are judged by the new grants from their next request on, and closed
+   * when their route is gone.
+   */
+  setRoutes(routes: readonly ProxyRoute[]): Promise<void>;
 }
 
 export interface PluginInstance {
@@ -58,11 +128,15 @@ export interface PluginInstance {
   stop?(): Promise<void>;
   /** A small JSON-able status for `state` and diagnostics. */
   status?(): Record<string, unknown>;
+  /** Protocol plugins with a `protocol` description: the inline proxy the enforcer steers flows to. */
+  readonly proxy?: ProtocolProxy;
 }
 
 export interface PluginDefinition<C = unknown> {
   readonly manifest: PluginManifest;
   readonly configSchema: z.ZodType<C>;
+  /** Set by protocol plugins (modbus, opcua, …): what flows may name under `ops`. */
+  readonly protocol?: ProtocolDescription;
   create(context: PluginContext<C>): PluginInstance;
 }
 

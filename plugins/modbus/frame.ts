@@ -58,6 +58,7 @@ export const ExceptionCode = {
   IllegalDataValue: 3,
   ServerDeviceFailure: 4,
   ServerDeviceBusy: 6,
+  GatewayPathUnavailable: 10,
   GatewayTargetFailedToRespond: 11,
 } as const;
 
@@ -577,7 +578,7 @@ const EXCEPTION_CODES: ReadonlySet<number> = new Set(Object.values(ExceptionCode
  * For FC43 pass the request's MEI type to get the 3-byte form §6.21 specifies. Throws RangeError on arguments no
  * request could have produced, since that is a bug in the caller rather than something to put on the wire.
  */
-export function encodeException(req: Mbap, fc: number, exceptionCode: 1 | 2 | 3 | 4 | 6 | 11, meiType?: number): Buffer {
+export function encodeException(req: Mbap, fc: number, exceptionCode: (typeof ExceptionCode)[keyof typeof ExceptionCode], meiType?: number): Buffer {
   if (!Number.isInteger(fc) || fc < 1 || fc > 0x7f) throw new RangeError(`function code ${fc} cannot be answered with an exception (expected 1..127)`);
   if (!EXCEPTION_CODES.has(exceptionCode)) throw new RangeError(`exception code ${exceptionCode} is not one a proxy sends`);
   const withMei = meiType !== undefined;

@@ -3,7 +3,8 @@ import test from 'ava';
 import YAML from 'yaml';
 import { renderRuleset } from '../../agent/enforce/compile.js';
 import { type Binding, buildPlan, evaluate } from '../../agent/enforce/plan.js';
-import { checkPolicy, type PolicyInput, parsePolicyText } from '../../agent/shared/policy/model.js';
+import { checkPolicy, type PolicyInput, type ProtocolOps, parsePolicyText } from '../../agent/shared/policy/model.js';
+import modbus from '../../plugins/modbus/index.js';
 
 const LINE = readFileSync(new URL('../fixtures/policies/line.yaml', import.meta.url), 'utf8');
 const routed: Binding = { mode: 'routed', interfaces: { UPLINK: 'up0', PLC1: 'p1', PLC2: 'p2' } };
@@ -115,11 +116,43 @@ test('a port this gateway does not have is refused where the ports are known', (
   t.true(problems(base(), { ports: ['UPLINK', 'PLC1'] }).some((l) => /this gateway has no port PLC2/.test(l)));
 });
 
-test('protocol operations are accepted when a plugin offers them, and unknown operations are named', (t) => {
+test('protocol operations are checked by the plugin that offers them, and its problems are named', (t) => {
   const p = base();
-  Object.assign((p.flows as object[])[1] as object, { ops: { modbus: ['read', 'flash'] } });
-  const found = problems(p, { operations: { modbus: ['read', 'write'] } });
-  t.deepEqual(found, ['flows.1.ops.modbus: "modbus" offers no operation "flash" (it has read, write)']);
+  Object.assign((p.flows as object[])[1] as object, { services: ['tcp/502'], ops: { modbus: ['read-only', 'flash'] } });
+  const found = problems(p, { protocols: { modbus: modbus.protocol as ProtocolOps } });
+  t.is(found.length, 1);
+  t.regex(found[0] as string, /^flows\.1\.ops\.modbus: "flash": unknown operation "flash"/);
+  Object.assign((p.flows as object[])[1] as object, { ops: { modbus: ['read-only', 'write holding 100-119'] } });
+  t.deepEqual(problems(p, { protocols: { modbus: modbus.protocol as ProtocolOps } }), []);
+});
+
+test('a flow with protocol operations needs single TCP ports, single-address destinations, one protocol and allow', (t) => {
+  const ctx = { protocols: { modbus: modbus.protocol as ProtocolOps, other: { check: () => [] } } };
+  const p = base();
+  Object.assign((p.flows as object[])[1] as object, {
+    services: ['tcp/502-503', 'udp/161'],
+    to: ['asset:press-plc', 'zone:cell-b'],
+    ops: { modbus: ['read-only'], other: ['x'] },
+  });
+  const found = problems(p, ctx).join('\n');
+  t.regex(found, /flows\.1\.services\.0: a flow with protocol operations takes single TCP ports \(like tcp\/502\), not tcp\/502-503/);
+  t.regex(found, /flows\.1\.services\.1: .*not udp\/161/);
+  t.regex(found, /flows\.1\.to\.1: a flow with protocol operations goes to assets or roles .*not zone:cell-b/);
+  t.regex(found, /flows\.1\.ops: one protocol per flow/);
+  const deny = base();
+  (deny.flows as object[]).push({
+    id: 'no-write',
+    action: 'deny',
+    from: 'asset:historian',
+    to: 'asset:mill-cnc',
+    services: ['tcp/502'],
+    ops: { modbus: ['read-only'] },
+  });
+  t.regex(problems(deny, ctx).join('\n'), /a deny flow cannot have them/);
+  const subnet = base();
+  (subnet.assets as object[]).push({ name: 'cell-b-net', zone: 'cell-b', ip: '198.18.2.128/25' });
+  Object.assign((subnet.flows as object[])[1] as object, { services: ['tcp/502'], to: 'asset:cell-b-net', ops: { modbus: ['read-only'] } });
+  t.regex(problems(subnet, ctx).join('\n'), /asset "cell-b-net" is a subnet \(198\.18\.2\.128\/25\)/);
 });
 
 test('YAML syntax errors and duplicate keys are refused with the reason', (t) => {
@@ -241,4 +274,54 @@ test('evaluator: safe mode keeps only the safe flows', (t) => {
   const plan = buildPlan(checkPolicy(p), { binding: routed, version: 1, safe: true });
   t.like(evaluate(plan, { inPort: 'UPLINK', outPort: 'PLC1', src: '198.18.0.20', dst: '198.18.1.10', proto: 'udp', dport: 161 }), { verdict: 'accept' });
   t.like(evaluate(plan, { inPort: 'UPLINK', outPort: 'PLC1', src: '198.18.0.10', dst: '198.18.1.10', proto: 'tcp', dport: 502 }), { verdict: 'drop' });
+});
+
+test('a flow with Modbus operations is steered to a proxy port in routed mode and never allowed in its pair chain', (t) => {
+  const p = base();
+  Object.assign((p.flows as object[])[1] as object, { services: ['tcp/502'], ops: { modbus: ['read-only'] } });
+  (p.flows as object[]).push({ id: 'eng-tune', from: 'role:engineering', to: 'asset:press-plc', services: ['tcp/1502'], ops: { modbus: ['read-write'] } });
+  const validated = checkPolicy(p, { protocols: { modbus: modbus.protocol as ProtocolOps } });
+  const plan = buildPlan(validated, { binding: routed, version: 7, proxyPorts: { from: 15020, to: 15029 } });
+  t.deepEqual(plan.unsteered, []);
+  t.deepEqual(
+    plan.steered.map((s) => [
+      s.protocol,
+      s.listenPort,
+      s.zoneName,
+      `${s.target.address}:${s.target.port}`,
+      s.grants.map((g) => `${g.flow}:${g.mode}:${g.ops.join('+')}`),
+    ]),
+    [
+      ['modbus', 15020, 'it', '198.18.1.10:502', ['historian-poll:enforce:read-only']],
+      ['modbus', 15021, 'it', '198.18.1.10:1502', ['eng-tune:enforce:read-write']],
+    ],
+  );
+  const { script } = renderRuleset(plan);
+  t.regex(script, /chain steer \{\n\t\ttype nat hook prerouting priority dstnat; policy accept;/);
+  t.regex(
+    script,
+    /iifname \{ "up0" \} ip saddr \{ 198\.18\.0\.20 \} ip daddr 198\.18\.1\.10 tcp dport 502 counter redirect to :15020 comment "ward:steer:historian-poll"/,
+  );
+  t.regex(script, /tcp dport 15020 ct status dnat counter accept comment "ward:proxy:15020"/);
+  // The pair chain keeps the flow's other services but has no rule of its own for the steered flow.
+  t.notRegex(script, /comment "ward:flow:historian-poll"/);
+  t.notRegex(script, /comment "ward:flow:eng-tune"/);
+  t.is(
+    evaluate(plan, { inPort: 'UPLINK', outPort: 'PLC1', src: '198.18.0.20', dst: '198.18.1.10', proto: 'tcp', dport: 502 }).verdict,
+    'drop',
+    'a connection that escaped the redirect is denied',
+  );
+});
+
+test('flows with protocol operations are left out, and named, where they cannot be steered', (t) => {
+  const p = base();
+  Object.assign((p.flows as object[])[1] as object, { services: ['tcp/502'], ops: { modbus: ['read-only'] } });
+  const validated = checkPolicy(p, { protocols: { modbus: modbus.protocol as ProtocolOps } });
+  const bridge = buildPlan(validated, { binding: bridged, version: 1, proxyPorts: { from: 15020, to: 15029 } });
+  t.deepEqual(bridge.unsteered, [{ flow: 'historian-poll', reason: 'protocol proxies need routed mode (a bridge cannot redirect to the gateway)' }]);
+  t.notRegex(renderRuleset(bridge).script, /historian-poll/);
+  const noPorts = buildPlan(validated, { binding: routed, version: 1 });
+  t.regex(noPorts.unsteered[0]?.reason ?? '', /no proxy port range/);
+  const full = buildPlan(validated, { binding: routed, version: 1, proxyPorts: { from: 15020, to: 15019 } });
+  t.regex(full.unsteered[0]?.reason ?? '', /more proxied destinations than proxy ports/);
 });

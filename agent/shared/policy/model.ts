@@ -183,8 +183,59 @@ export interface PolicyProblem {
 export interface ValidationContext {
   /** Port names this gateway has; an unknown port is then an error. */
   readonly ports?: readonly string[];
-  /** Operation vocabularies the loaded protocol plugins offer, by plugin name. */
-  readonly operations?: Readonly<Record<string, readonly string[]>>;
+  /** What the loaded protocol plugins accept under a flow's `ops`, by protocol key (plugins/api ProtocolDescription). */
+  readonly protocols?: Readonly<Record<string, ProtocolOps>>;
+}
+
+/** The part of a protocol plugin's description the checker needs. */
+export interface ProtocolOps {
+  check(ops: readonly string[]): string[];
+}
+
+/**
+ * A flow with protocol operations is served by the plugin's inline proxy: the
+ * compiler redirects its connections to a proxy port per destination, and the
+ * proxy connects on to that destination, so each destination must be one
+ * address (an asset, or a role of assets, with a /32) and each service one TCP
+ * port. One protocol per flow: a port speaks one protocol.
+ */
+function checkOps(
+  flow: Flow,
+  path: string,
+  ctx: ValidationContext,
+  assets: ReadonlyMap<string, Asset>,
+  roles: ReadonlyMap<string, readonly Asset[]>,
+  add: (path: string, message: string) => void,
+): void {
+  const entries = Object.entries(flow.ops ?? {});
+  if (entries.length === 0) return;
+  if (flow.action !== 'allow') add(`${path}.ops`, 'protocol operations narrow what a flow allows; a deny flow cannot have them');
+  if (entries.length > 1) add(`${path}.ops`, `one protocol per flow (a port speaks one protocol); found ${entries.map(([k]) => k).join(', ')}`);
+  for (const [protocol, ops] of entries) {
+    const known = ctx.protocols?.[protocol];
+    if (known === undefined) {
+      add(`${path}.ops.${protocol}`, `protocol operations need the "${protocol}" plugin's proxy, which this gateway does not have`);
+      continue;
+    }
+    if (ops.length === 0) add(`${path}.ops.${protocol}`, 'an empty list allows nothing: remove the flow, or name the operations');
+    for (const problem of known.check(ops)) add(`${path}.ops.${protocol}`, problem);
+  }
+  flow.services.forEach((s, j) => {
+    const svc = parseService(s);
+    if (svc.proto !== 'tcp' || svc.from !== svc.to)
+      add(`${path}.services.${j}`, `a flow with protocol operations takes single TCP ports (like tcp/502), not ${s}: its proxy listens per destination port`);
+  });
+  flow.to.forEach((sel, j) => {
+    const m = SELECTOR.exec(sel);
+    const members = m?.[1] === 'asset' ? [assets.get(m[2] as string)] : m?.[1] === 'role' ? (roles.get(m[2] as string) ?? []) : undefined;
+    if (members === undefined) {
+      add(`${path}.to.${j}`, `a flow with protocol operations goes to assets or roles (its proxy connects to each one), not ${sel}`);
+      return;
+    }
+    for (const a of members) {
+      if (a && parseCidr(a.ip)?.bits !== 32) add(`${path}.to.${j}`, `asset "${a.name}" is a subnet (${a.ip}); the proxy needs one address per destination`);
+    }
+  });
 }
 
 export interface ValidatedPolicy {
@@ -325,17 +376,7 @@ export function validatePolicy(policy: Policy, ctx: ValidationContext = {}): Pol
       else if (svc.from > svc.to) add(`flows.${i}.services.${j}`, `empty port range ${s}`);
     });
     if (flow.to.includes('gateway') && flow.to.length > 1) add(`flows.${i}.to`, '"gateway" cannot be mixed with other destinations in one flow');
-    if (flow.ops !== undefined) {
-      for (const [plugin, ops] of Object.entries(flow.ops)) {
-        const known = ctx.operations?.[plugin];
-        if (known === undefined) {
-          add(`flows.${i}.ops.${plugin}`, `protocol operations need the "${plugin}" plugin's proxy, which this gateway does not have`);
-        } else {
-          for (const op of ops)
-            if (!known.includes(op)) add(`flows.${i}.ops.${plugin}`, `"${plugin}" offers no operation "${op}" (it has ${known.join(', ')})`);
-        }
-      }
-    }
+    if (flow.ops !== undefined) checkOps(flow, `flows.${i}`, ctx, assets, roles, add);
     resolved.push({ flow, index: i, sides: resolveFlow(flow, zones, assets, roles) });
   });
   policy.safe.forEach((id, i) => {
