@@ -382,7 +382,7 @@ class Session {
       else this.proxy.counters.denied += 1;
       const what = describe(body);
       this.proxy.report(
-        `deny|${this.client}|${this.state.route.listenPort}|${mbap.unitId}|${body.fc}|${what.table ?? ''}|${what.address ?? ''}|${what.quantity ?? ''}|${verdict.exception}`,
+        `${mode}|deny|${this.client}|${this.state.route.listenPort}|${mbap.unitId}|${body.fc}|${what.table ?? ''}|${what.address ?? ''}|${what.quantity ?? ''}|${verdict.exception}`,
         {
           category: 'access-control',
           actor: this.client,
