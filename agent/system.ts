@@ -355,14 +355,18 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     shippers.set(controlLink, shipper);
     const link = controlLink;
     rpc.register('ping', () => ({ pong: true, lifecycle: lifecycle.state, uptimeSeconds: Math.round(process.uptime()) }));
-    rpc.register('status', () => ({
-      lifecycle: lifecycle.state,
-      plugins: plugins.status(),
-      protocol: link.protocol,
-      board: { id: board.profile.id, model: board.model, ports: board.ports, tpm: board.tpm },
-      audit: { journal: openedJournal.status(), shipper: shipper.status() },
-      enforce: { version: enforce.enforcer.active?.version ?? null, tag: enforce.enforcer.active?.tag ?? null, learning: enforce.enforcer.learning ?? null },
-    }));
+    // Through JSON first: the answer is signed as canonical JSON, which refuses `undefined` (a port without a
+    // detected device, a plugin's optional field), where plain JSON simply leaves the key out.
+    rpc.register('status', () =>
+      jsonSafe({
+        lifecycle: lifecycle.state,
+        plugins: plugins.status(),
+        protocol: link.protocol,
+        board: { id: board.profile.id, model: board.model, ports: board.ports, tpm: board.tpm },
+        audit: { journal: openedJournal.status(), shipper: shipper.status() },
+        enforce: { version: enforce.enforcer.active?.version ?? null, tag: enforce.enforcer.active?.tag ?? null, learning: enforce.enforcer.learning ?? null },
+      }),
+    );
     return link;
   }
 
@@ -628,4 +632,8 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       await openedJournal.close().catch((err) => logger.error({ err: describeError(err) }, 'audit journal did not close cleanly'));
     },
   };
+}
+
+function jsonSafe<T>(value: T): T {
+  return JSON.parse(JSON.stringify(value)) as T;
 }

@@ -7,6 +7,7 @@ import { type ControllerConfigInput, controllerConfigSchema } from '../../contro
 import { type Controller, startController } from '../../controller/controller.js';
 import { certifyController, initFleet, ROOT_FILE } from '../../controller/fleet.js';
 import { builtinPlugins } from '../../plugins/index.js';
+import { ModbusSimServer } from '../../plugins/modbus/server.js';
 import { validateConfig } from '../config/load.js';
 import { type AgentConfigInput, agentConfigSchema } from '../config/schema.js';
 import { describeError } from '../core/errors.js';
@@ -28,6 +29,8 @@ export interface DevOptions {
   readonly mqttPort: number;
   readonly wsPort: number;
   readonly apiPort: number;
+  /** The simulated Modbus/TCP PLC (loopback); the agent's modbus plugin polls it. Default 15502. */
+  readonly modbusPort?: number;
   readonly logLevel: string;
   /** Where the banner goes (stderr by default; logs go to stdout). */
   readonly out?: NodeJS.WritableStream;
@@ -37,6 +40,7 @@ export interface DevStack {
   readonly dir: string;
   readonly controller: Controller;
   readonly agent: Agent;
+  readonly plc: ModbusSimServer;
   stop(): Promise<void>;
 }
 
@@ -79,9 +83,15 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
   const controllerConfig = validateConfig(controllerInput, '(ward dev)', controllerConfigSchema);
   const controllerLog = createLogger({ level: controllerConfig.log.level, name: 'ward-controller' });
   const controller = await startController({ config: controllerConfig, logger: controllerLog });
+  // A press PLC on loopback: live input registers (cycle counter, temperature ×10), a running flag, setpoints.
+  const plc = new ModbusSimServer({ size: 1000, identity: { vendor: 'Ward', product: 'press-1 (simulated)', version: '0.1.0' } });
+  const modbusPort = options.modbusPort ?? 15_502;
 
   let agent: Agent | undefined;
   try {
+    await plc.listen(modbusPort, '127.0.0.1');
+    plc.simulate(1_000);
+    plc.holding.set([450, 1200], 100);
     const enrollment = controller.enrollment;
     if (enrollment === undefined) throw new TypeError('the dev controller is certified, so enrollment must be on');
     const agentInput: AgentConfigInput = {
@@ -92,7 +102,31 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
       // A development stack never drives the host's LEDs or answers to its service manager.
       hardware: { statusLed: 'none', watchdog: 'none' },
       log: { level: options.logLevel as 'info' },
-      plugins: [{ name: 'sim', config: { machine: 'press-1' } }],
+      plugins: [
+        { name: 'sim', config: { machine: 'press-1' } },
+        {
+          name: 'modbus',
+          config: {
+            collector: {
+              devices: [
+                {
+                  name: 'press-1',
+                  host: '127.0.0.1',
+                  port: modbusPort,
+                  pollMs: 1_000,
+                  points: [
+                    { name: 'cycles', table: 'input', address: 0 },
+                    { name: 'temperature', table: 'input', address: 1, scale: 0.1, unit: 'degC' },
+                    { name: 'running', table: 'coil', address: 0 },
+                    { name: 'setpoint-temperature', table: 'holding', address: 100, scale: 0.1, unit: 'degC' },
+                    { name: 'setpoint-strokes', table: 'holding', address: 101, unit: '1/h' },
+                  ],
+                },
+              ],
+            },
+          },
+        },
+      ],
     };
     const agentConfig = validateConfig(agentInput, '(ward dev)', agentConfigSchema);
     await writeFile(join(dir, 'agent.yaml'), YAML.stringify(agentInput), { mode: 0o600 });
@@ -129,6 +163,8 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
       `  ping agent     curl -X POST ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/ping`,
       `  audit trail    curl ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/audit   (verdict + verified events)`,
       `  MQTT broker    ${controller.brokerUrl} (mutual TLS; enrollment tokens)`,
+      `  Modbus PLC     127.0.0.1:${modbusPort} (simulated press; the agent polls its registers)`,
+      `  machine data   curl -X POST ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/status   (plugins.modbus.latest)`,
       `  agent          ${DEV_DEVICE_ID}: ${isOnline ? 'online' : 'NOT online yet (see logs)'}, enrolled by QR code, lifecycle ${agent.lifecycle.state}`,
       `  fleet root     ${fleet.rootFile} (dev passphrase in ${fleet.passphraseFile})`,
       `  configs        ${join(dir, 'agent.yaml')}, ${join(dir, 'controller.yaml')}`,
@@ -144,6 +180,7 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
     out.write(`${lines.join('\n')}\n`);
   } catch (err) {
     await agent?.stop().catch(() => undefined);
+    await plc.close();
     await controller.close();
     throw err;
   }
@@ -153,12 +190,14 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
     dir,
     controller,
     agent: started,
+    plc,
     async stop() {
       try {
         await started.stop();
       } catch (err) {
         out.write(`ward dev: agent stop failed: ${describeError(err)}\n`);
       }
+      await plc.close();
       await controller.close();
       out.write('Ward dev stack stopped.\n');
     },

@@ -6,6 +6,7 @@ import type {
   PluginLogger,
   ProtocolDescription,
   ProtocolProxy,
+  TelemetrySource,
 } from '../../plugins/api/index.js';
 import { PLUGIN_API_VERSION } from '../../plugins/api/index.js';
 import { describeError, ErrorCodes, WardError } from '../core/errors.js';
@@ -111,6 +112,13 @@ export class PluginHost {
       const loaded = this.#loaded.find((l) => l.name === definition.manifest.name);
       if (definition.protocol && loaded?.started && loaded.instance.proxy) out[definition.protocol.name] = loaded.instance.proxy;
     }
+    return out;
+  }
+
+  /** The started plugins' telemetry sources, by plugin name. */
+  get telemetry(): Record<string, TelemetrySource> {
+    const out: Record<string, TelemetrySource> = {};
+    for (const l of this.#loaded) if (l.started && l.instance.telemetry) out[l.name] = l.instance.telemetry;
     return out;
   }
 

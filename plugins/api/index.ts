@@ -109,6 +109,31 @@ export interface ProxyGrant {
   readonly mode: 'observe' | 'enforce';
 }
 
+/**
+ * One reading of a machine value, as a plugin's collector produced it. The
+ * telemetry publisher (Sparkplug B) maps devices to Sparkplug devices and
+ * points to metrics; a 'bad' sample carries no value and says why.
+ */
+export interface TelemetrySample {
+  /** The machine (a PLC, a CNC) as the plugin's config names it. */
+  readonly device: string;
+  /** The value's name on that machine. */
+  readonly point: string;
+  readonly value: number | boolean | string | null;
+  readonly quality: 'good' | 'bad';
+  /** ms since the epoch, when it was read. */
+  readonly timestamp: number;
+  readonly unit?: string;
+  readonly error?: string;
+}
+
+/** A plugin's telemetry: listeners get every sample; the returned function unsubscribes. */
+export interface TelemetrySource {
+  subscribe(listener: (sample: TelemetrySample) => void): () => void;
+  /** The last sample of every point, for a birth certificate or a status page. */
+  latest(): readonly TelemetrySample[];
+}
+
 /** The proxy side of a protocol plugin, driven by the enforcer. */
 export interface ProtocolProxy {
   /**
@@ -130,6 +155,8 @@ export interface PluginInstance {
   status?(): Record<string, unknown>;
   /** Protocol plugins with a `protocol` description: the inline proxy the enforcer steers flows to. */
   readonly proxy?: ProtocolProxy;
+  /** Plugins that read machine values: the source the telemetry publisher subscribes to. */
+  readonly telemetry?: TelemetrySource;
 }
 
 export interface PluginDefinition<C = unknown> {

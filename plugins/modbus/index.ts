@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { definePlugin, PLUGIN_API_VERSION } from '../api/index.js';
+import { definePlugin, PLUGIN_API_VERSION, type TelemetrySample } from '../api/index.js';
+import { collectorConfigSchema, ModbusCollector } from './collector.js';
 import { ModbusProxy } from './proxy.js';
 import { checkOps, VOCABULARY } from './rules.js';
 
@@ -21,6 +22,8 @@ const configSchema = z.strictObject({
   maxConnections: z.number().int().min(1).max(10_000).default(256),
   /** Repeats of the same audit event within this window become one event with a count. */
   auditWindowSeconds: z.number().int().min(1).max(3_600).default(60),
+  /** Registers to poll from PLCs for telemetry (collector.ts); absent: no polling. */
+  collector: collectorConfigSchema.optional(),
 });
 export type ModbusPluginConfig = z.infer<typeof configSchema>;
 
@@ -51,13 +54,54 @@ export default definePlugin({
       maxConnections: ctx.config.maxConnections,
       auditWindowMs: ctx.config.auditWindowSeconds * 1000,
     });
+    const listeners = new Set<(s: TelemetrySample) => void>();
+    const latest = new Map<string, TelemetrySample>();
+    const collector = ctx.config.collector
+      ? new ModbusCollector(ctx.config.collector, {
+          now: () => ctx.clock.now(),
+          log: ctx.log,
+          onSample(sample) {
+            latest.set(`${sample.device}\u0000${sample.point}`, sample);
+            for (const l of listeners) {
+              try {
+                l(sample);
+              } catch (err) {
+                ctx.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'a telemetry listener failed');
+              }
+            }
+          },
+        })
+      : undefined;
     return {
       proxy,
+      ...(collector
+        ? {
+            telemetry: {
+              subscribe(listener: (s: TelemetrySample) => void) {
+                listeners.add(listener);
+                return () => listeners.delete(listener);
+              },
+              latest: () => [...latest.values()],
+            },
+          }
+        : {}),
+      async start() {
+        collector?.start();
+      },
       async stop() {
+        await collector?.stop();
         await proxy.close();
       },
       status() {
-        return proxy.status();
+        return {
+          ...proxy.status(),
+          ...(collector
+            ? {
+                collector: collector.status(),
+                latest: [...latest.values()].map((s) => ({ device: s.device, point: s.point, value: s.value, quality: s.quality })),
+              }
+            : {}),
+        };
       },
     };
   },

@@ -50,9 +50,11 @@ test('an invalid config exits 78 naming the file and each bad field', async (t) 
 
 test('ward dev brings up controller + broker + agent, shows it online, and stops cleanly on Ctrl-C', async (t) => {
   const dir = await tempDir(t);
-  const [mqttPort, wsPort, apiPort] = [await freePort(), await freePort(), await freePort()];
+  const [mqttPort, wsPort, apiPort, modbusPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const p = spawnWard(t, [
     'dev',
+    '--modbus-port',
+    String(modbusPort),
     '--dir',
     dir,
     '--mqtt-port',
@@ -78,8 +80,24 @@ test('ward dev brings up controller + broker + agent, shows it online, and stops
     throw new Error(`${err.message}\n--- ward dev output ---\n${p.output()}`);
   });
   t.is(device.id, 'dev-gw-1');
-  t.deepEqual(device.plugins, ['sim']);
+  t.deepEqual(device.plugins, ['modbus', 'sim']);
   await waitFor('banner printed', () => p.output().includes('Press Ctrl-C to stop.'));
+  // The agent's Modbus collector polls the simulated press PLC; its values reach the controller through the agent's status.
+  const latest = await waitFor(
+    'modbus values in the agent status',
+    async () => {
+      const res = await fetch(`${api}/api/devices/dev-gw-1/status`, { method: 'POST' });
+      const body = (await res.json()) as { result?: { plugins?: { modbus?: { latest?: { point: string; value: unknown; quality: string }[] } } } };
+      const points = body.result?.plugins?.modbus?.latest ?? [];
+      return points.some((x) => x.point === 'cycles' && x.quality === 'good') ? points : undefined;
+    },
+    30_000,
+    500,
+  );
+  t.like(
+    latest.find((x) => x.point === 'setpoint-temperature'),
+    { value: 45, quality: 'good' },
+  );
   t.regex(p.output(), new RegExp(`curl ${api}/api/devices`));
   p.child.kill('SIGINT');
   t.is(await p.exited, 0);
