@@ -19,9 +19,16 @@ const maybe = unavailable ? test.skip : test.serial;
 const FIXTURE = new URL('../fixtures/modbus-ns.ts', import.meta.url);
 const PLC = '198.18.1.10';
 
-function policy(mode: 'enforce' | 'observe'): unknown {
+function policy(mode: 'enforce' | 'observe', withOps = true): unknown {
   const p = YAML.parse(LINE_POLICY) as { mode: string; flows: Record<string, unknown>[] };
   p.mode = mode;
+  if (!withOps) {
+    p.flows = [
+      { id: 'vendor-plain', from: 'role:engineering', to: 'asset:press-plc', services: ['tcp/502'] },
+      { id: 'mgmt-ssh', from: 'zone:it', to: 'gateway', services: ['tcp/22'] },
+    ];
+    return p;
+  }
   p.flows = [
     {
       id: 'vendor-tuning',
@@ -54,8 +61,22 @@ maybe(
 
     await plc.call({ cmd: 'set', address: 0, values: [100, 200, 300] });
     await plc.call({ cmd: 'set', address: 500, values: [4242] });
-    const applied = await gw.call({ cmd: 'apply', policy: policy('enforce'), version: 1 });
+    // Before: a plain port-level allow, and the vendor's tool holds a connection straight to the PLC.
+    const plain = await gw.call({ cmd: 'apply', policy: policy('enforce', false), version: 1 });
+    t.true(plain.ok, JSON.stringify(plain));
+    t.like(await laptop.call({ cmd: 'open', host: PLC, port: 502 }), { ok: true });
+    t.deepEqual((await laptop.call({ cmd: 'held-read', address: 0, quantity: 1 })).values, [100]);
+
+    const applied = await gw.call({ cmd: 'apply', policy: policy('enforce'), version: 2 });
     t.true(applied.ok, JSON.stringify(applied));
+    // The connection opened before the flow had operations cannot carry a write past the proxy.
+    const stale = await laptop.call({ cmd: 'held-write', address: 500, values: [666] });
+    t.falsy(stale.ok, `a write on the pre-policy connection must not succeed: ${JSON.stringify(stale)}`);
+    t.deepEqual((await plc.call({ cmd: 'get', address: 500, quantity: 1 })).values, [4242]);
+    t.true(
+      gw.events.some((e) => (e.event as { action: string }).action === 'enforce.connections-revoked'),
+      'the bypassing connection was revoked',
+    );
 
     const at = (cmd: Record<string, unknown>) => laptop.call({ host: PLC, port: 502, ...cmd });
     t.deepEqual((await at({ cmd: 'read', address: 0, quantity: 3 })).values, [100, 200, 300], 'reads return the PLC values');
@@ -91,7 +112,7 @@ maybe(
     t.is(((await plc.call({ cmd: 'seen' })).requests as unknown[]).length, reached.length, 'the attacker reached nothing');
 
     // Observe mode on a live line: the same write passes, and is reported as what enforce would have denied.
-    const observed = await gw.call({ cmd: 'apply', policy: policy('observe'), version: 2 });
+    const observed = await gw.call({ cmd: 'apply', policy: policy('observe'), version: 3 });
     t.true(observed.ok, JSON.stringify(observed));
     t.like(await at({ cmd: 'write', address: 500, values: [9] }), { ok: true });
     t.deepEqual((await plc.call({ cmd: 'get', address: 500, quantity: 1 })).values, [9]);
