@@ -145,6 +145,7 @@ function renderHooks(plan: Plan, rule: Emit, out: string[], bridge: boolean): vo
   out.push('\t}');
 
   out.push('', '\tchain input {', '\t\ttype filter hook input priority filter; policy accept;');
+  renderProxyGuard(plan, rule);
   rule(2, 'iif "lo" accept', 'ward:loopback');
   rule(2, 'ct state established,related accept', 'ward:fastpath');
   // What keeps the gateway itself reachable and addressed whatever the policy says: DHCP replies and IPv6 neighbour discovery.
@@ -204,12 +205,6 @@ function renderChain(chain: ChainPlan, plan: Plan, rule: Emit, out: string[], ad
         : `zone ${chain.from} -> the gateway`;
   out.push(`\t\t# ${what}: ${chain.mode}`);
   rule(2, `ct state invalid counter ${verdict}`, `ward:invalid:${chain.name}`);
-  if (chain.kind === 'input') {
-    // Connections the steering chain redirected to a protocol proxy (and only those: a direct connection to a proxy port has no dnat status).
-    for (const st of plan.steered.filter((x) => `in_${x.zone}` === chain.name)) {
-      rule(2, `tcp dport ${st.listenPort} ct status dnat counter accept`, `ward:proxy:${st.listenPort}`);
-    }
-  }
   if (plan.learn) rule(2, `meta l4proto { tcp, udp } update @l_${chain.name} { ip saddr . ip daddr . meta l4proto . th dport }`, `ward:learn:${chain.name}`);
   for (const r of chain.rules) renderFlowRule(chain, r, rule, addresses);
   rule(
@@ -266,6 +261,27 @@ function renderSteering(plan: Plan, rule: Emit, out: string[], addresses: Addres
     }
   }
   out.push('\t}');
+}
+
+/**
+ * A proxy port takes exactly the connections the steering chain redirected to it: arriving on its zone's ports,
+ * originally for its destination. Anything else to a proxy port (a host in another zone, a direct connection, a
+ * process on the gateway itself) is dropped before any zone chain, whatever the zones' modes.
+ */
+function renderProxyGuard(plan: Plan, rule: Emit): void {
+  const zones = new Map(plan.zones.map((z) => [z.index, z]));
+  const ports: number[] = [];
+  for (const st of plan.steered) {
+    ports.push(st.listenPort);
+    const ifs = zones.get(st.zone)?.interfaces ?? [];
+    if (ifs.length === 0) continue;
+    rule(
+      2,
+      `iifname ${set(ifs.map(q))} tcp dport ${st.listenPort} ct status dnat ct original ip daddr ${st.target.address} ct original proto-dst ${st.target.port} counter accept`,
+      `ward:proxy:${st.listenPort}`,
+    );
+  }
+  if (ports.length > 0) rule(2, `tcp dport ${set(ports.map(String))} counter drop`, 'ward:proxy-guard');
 }
 
 function renderBridge(plan: Plan, rule: Emit, out: string[]): void {

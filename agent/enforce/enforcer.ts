@@ -11,7 +11,7 @@ import { checkPolicy, type Mode, parseService, type ValidatedPolicy, type Valida
 import { ensurePrivateDir, readJsonFile, writeFileAtomic } from '../state/files.js';
 import { type Ruleset, renderRuleset } from './compile.js';
 import type { Nft, WardTables } from './nft.js';
-import { type Binding, buildPlan, connectionsToRevoke, evaluate, type Plan, zoneOfPort } from './plan.js';
+import { type Binding, buildPlan, connectionsToRevoke, evaluate, type Plan, proxyAssignment, zoneOfPort } from './plan.js';
 
 /**
  * Puts a policy into the kernel and keeps it there (DESIGN.md §6).
@@ -53,9 +53,10 @@ export interface EnforcerOptions {
 }
 
 /** The plan's steered destinations as each protocol proxy's route table. */
-export function proxyRoutes(plan: Plan | undefined): Map<string, ProxyRoute[]> {
+export function proxyRoutes(plan: Plan | undefined, keep: (st: Plan['steered'][number]) => boolean = () => true): Map<string, ProxyRoute[]> {
   const out = new Map<string, ProxyRoute[]>();
   for (const st of plan?.steered ?? []) {
+    if (!keep(st)) continue;
     const routes = out.get(st.protocol) ?? [];
     routes.push({
       listenPort: st.listenPort,
@@ -83,6 +84,8 @@ const activeRecord = z.strictObject({
   /** The nft script in force, and the fail-safe one (failMode safe): one file holds a record and its rulesets, so they cannot part. */
   script: z.string(),
   safeScript: z.string().optional(),
+  /** Listen port of each proxied destination (SteerPlan.key → port): the next policy keeps them (plan.ts). */
+  proxyPorts: z.record(z.string(), z.number().int()).optional(),
 });
 export type ActiveRecord = z.infer<typeof activeRecord>;
 
@@ -198,13 +201,18 @@ export class Enforcer {
     return checkPolicy((this.#active as ActiveRecord).policy, this.#o.context);
   }
 
-  #planFor(validated: ValidatedPolicy, version: number, opts: { safe?: boolean; learn?: boolean } = {}): Plan {
+  #planFor(
+    validated: ValidatedPolicy,
+    version: number,
+    opts: { safe?: boolean; learn?: boolean; assigned?: Readonly<Record<string, number>> | undefined } = {},
+  ): Plan {
+    const assigned = opts.assigned ?? this.#active?.proxyPorts;
     return buildPlan(validated, {
       binding: this.#o.binding,
       version,
       safe: opts.safe ?? false,
       learn: opts.learn ?? this.learning !== undefined,
-      ...(this.#o.proxyPorts ? { proxyPorts: this.#o.proxyPorts } : {}),
+      ...(this.#o.proxyPorts ? { proxyPorts: { ...this.#o.proxyPorts, ...(assigned ? { assigned } : {}) } } : {}),
     });
   }
 
@@ -256,7 +264,8 @@ export class Enforcer {
   async #apply(request: ApplyRequest): Promise<ApplyResult> {
     const { validated, version } = request;
     const plan = this.#planFor(validated, version);
-    const safePlan = validated.policy.failMode.kind === 'safe' ? this.#planFor(validated, version, { safe: true, learn: false }) : undefined;
+    const safePlan =
+      validated.policy.failMode.kind === 'safe' ? this.#planFor(validated, version, { safe: true, learn: false, assigned: proxyAssignment(plan) }) : undefined;
     // The safe flows take over exactly when nobody can reach the gateway from afar, so they must not lock out the line either.
     const lockouts = [...this.lockouts(plan), ...(safePlan ? this.lockouts(safePlan).map((l) => `in fail-safe: ${l}`) : [])];
     const base = { version, policy: validated.policy.name, digest: validated.digest, source: request.source };
@@ -284,10 +293,10 @@ export class Enforcer {
     try {
       await this.#beforeReplace();
       await this.#prepareKernel();
-      await this.#steer(plan);
+      await this.#steer(plan, 'before');
       await this.#o.nft.load(ruleset.script);
     } catch (err) {
-      await this.#steer(this.#plan).catch(() => undefined);
+      await this.#steer(this.#plan, 'after').catch(() => undefined);
       this.#record('enforce.policy-apply', 'failure', request.actor, { ...base, error: describeError(err) }, codeOf(err));
       throw err;
     }
@@ -295,7 +304,7 @@ export class Enforcer {
       await this.#verifyKernel(ruleset.script);
     } catch (err) {
       await this.#restoreAfterFailedCheck(previousScript, request.actor, base);
-      await this.#steer(this.#plan).catch(() => undefined);
+      await this.#steer(this.#plan, 'after').catch(() => undefined);
       this.#record(
         'enforce.policy-apply',
         'failure',
@@ -320,9 +329,11 @@ export class Enforcer {
       ...(request.envelope !== undefined ? { envelope: request.envelope } : {}),
       script: ruleset.script,
       ...(safePlan ? { safeScript: renderRuleset(safePlan).script } : {}),
+      ...(plan.steered.length > 0 ? { proxyPorts: proxyAssignment(plan) } : {}),
     };
     await this.#persist(record, request.rotate !== false);
     this.#plan = ruleset.plan;
+    await this.#steer(plan, 'after').catch((err) => this.#o.log.warn({ err: describeError(err) }, 'protocol proxies could not retire old routes'));
     if (this.#failsafe) {
       this.#failsafe = false;
       await rm(join(this.#o.dir, FILES.failsafe), { force: true });
@@ -367,12 +378,25 @@ export class Enforcer {
   }
 
   /**
-   * Gives each protocol proxy the routes of `plan`, before the ruleset that redirects to them is loaded (a
-   * redirect to a port nobody listens on would reset the line's connections).
+   * Gives each protocol proxy the routes of `next`, in two steps around the kernel change. `before`: new
+   * listeners come up (a redirect to a port nobody listens on would reset the line's connections), and routes of
+   * the plan in force stay up, since the kernel still redirects to them; a port that changes destination is
+   * closed meanwhile, so no connection made under the old redirect is served against the new destination.
+   * `after`: exactly `next`.
    */
-  async #steer(plan: Plan | undefined): Promise<void> {
+  async #steer(next: Plan | undefined, phase: 'before' | 'after'): Promise<void> {
     const proxies = this.#o.proxies?.() ?? {};
-    const routes = proxyRoutes(plan);
+    if (Object.keys(proxies).length === 0) return;
+    let routes: Map<string, ProxyRoute[]>;
+    if (phase === 'after') routes = proxyRoutes(next);
+    else {
+      const current = new Map((this.#plan?.steered ?? []).map((st) => [st.listenPort, st.key]));
+      const upcoming = new Map((next?.steered ?? []).map((st) => [st.listenPort, st.key]));
+      const stable = (port: number, key: string, other: Map<number, string>) => (other.get(port) ?? key) === key;
+      routes = proxyRoutes(next, (st) => stable(st.listenPort, st.key, current));
+      const old = proxyRoutes(this.#plan, (st) => !upcoming.has(st.listenPort));
+      for (const [protocol, list] of old) routes.set(protocol, [...(routes.get(protocol) ?? []), ...list]);
+    }
     for (const [protocol, proxy] of Object.entries(proxies)) await proxy.setRoutes(routes.get(protocol) ?? []);
   }
 
@@ -479,12 +503,12 @@ export class Enforcer {
       try {
         await this.#beforeReplace();
         await this.#prepareKernel();
-        await this.#steer(this.#planFor(checkPolicy(previous.policy, this.#o.context), previous.version));
+        await this.#steer(this.#planFor(checkPolicy(previous.policy, this.#o.context), previous.version, { assigned: previous.proxyPorts ?? {} }), 'before');
         await this.#o.nft.load(previous.script);
         await this.#verifyKernel(previous.script);
       } catch (err) {
         if (inForce) await this.#o.nft.load(inForce).catch(() => undefined);
-        await this.#steer(this.#plan).catch(() => undefined);
+        await this.#steer(this.#plan, 'after').catch(() => undefined);
         this.#record('enforce.rollback', 'failure', actor, { from: current.version, to: previous.version, error: describeError(err) }, codeOf(err));
         throw err;
       }
@@ -495,6 +519,7 @@ export class Enforcer {
       this.#failsafe = false;
       await rm(join(this.#o.dir, FILES.failsafe), { force: true });
       this.#plan = this.#planFor(this.#activeValidated(), previous.version);
+      await this.#steer(this.#plan, 'after').catch((err) => this.#o.log.warn({ err: describeError(err) }, 'protocol proxies could not retire old routes'));
       this.#record('enforce.rollback', 'success', actor, { from: current.version, to: previous.version, tag: previous.tag }, undefined);
       await this.#revokeEstablished(this.#plan, actor);
       return { version: previous.version };
@@ -512,7 +537,11 @@ export class Enforcer {
       const script = this.#inForce();
       if (!this.#active || script === undefined) return 'none';
       // The proxies start empty with the agent: they serve what the kernel redirects, kept or re-applied.
-      await this.#steer(this.#plan);
+      // A proxy that cannot listen must not keep the rules out of the kernel: its flows then fail closed (refused).
+      await this.#steer(this.#plan, 'after').catch((err) => {
+        this.#o.log.error({ err: describeError(err) }, 'protocol proxies could not take the routes of the policy in force; their flows are refused');
+        this.#record('enforce.proxy-routes', 'failure', 'ward-agent', { error: describeError(err) }, codeOf(err));
+      });
       const tables = await this.#o.nft.tables();
       const problems = kernelMismatch(tables, script);
       if (problems.length === 0) return 'kept';
@@ -528,7 +557,7 @@ export class Enforcer {
 
   /** Hands the plan in force to the protocol proxies again (they start after the enforcer has restored the kernel). */
   async syncProxies(): Promise<void> {
-    return this.#serial(() => this.#steer(this.#plan));
+    return this.#serial(() => this.#steer(this.#plan, 'after'));
   }
 
   /** Fail-safe (failMode safe): load the precompiled safe ruleset; `keep-last` keeps what is there. */
@@ -538,12 +567,14 @@ export class Enforcer {
       if (!active?.safeScript || this.#failsafe) return false;
       await this.#beforeReplace();
       await this.#prepareKernel();
-      await this.#steer(this.#planFor(this.#activeValidated(), active.version, { safe: true, learn: false }));
+      const safePlan = this.#planFor(this.#activeValidated(), active.version, { safe: true, learn: false });
+      await this.#steer(safePlan, 'before');
       await this.#o.nft.load(active.safeScript);
       await this.#verifyKernel(active.safeScript);
       this.#failsafe = true;
       await writeFileAtomic(join(this.#o.dir, FILES.failsafe), `${JSON.stringify({ since: this.#clock.now(), reason })}\n`);
-      this.#plan = this.#planFor(this.#activeValidated(), active.version, { safe: true, learn: false });
+      this.#plan = safePlan;
+      await this.#steer(safePlan, 'after').catch(() => undefined);
       this.#record('enforce.failsafe', 'success', actor, { version: active.version, reason, entered: true }, undefined);
       await this.#revokeEstablished(this.#plan, actor);
       return true;
@@ -555,12 +586,14 @@ export class Enforcer {
       const active = this.#active;
       if (!this.#failsafe || !active) return false;
       await this.#beforeReplace();
-      await this.#steer(this.#planFor(this.#activeValidated(), active.version));
+      const fullPlan = this.#planFor(this.#activeValidated(), active.version);
+      await this.#steer(fullPlan, 'before');
       await this.#o.nft.load(active.script);
       await this.#verifyKernel(active.script);
       this.#failsafe = false;
       await rm(join(this.#o.dir, FILES.failsafe), { force: true });
-      this.#plan = this.#planFor(this.#activeValidated(), active.version);
+      this.#plan = fullPlan;
+      await this.#steer(fullPlan, 'after').catch(() => undefined);
       this.#record('enforce.failsafe', 'success', 'ward-agent', { version: active.version, reason, entered: false }, undefined);
       return true;
     });

@@ -51,7 +51,16 @@ export interface PlanOptions {
    * `ops` are redirected there instead of being allowed in their pair chain.
    * Without it those flows are left out (denied) and named in `unsteered`.
    */
-  readonly proxyPorts?: { readonly from: number; readonly to: number };
+  readonly proxyPorts?: {
+    readonly from: number;
+    readonly to: number;
+    /**
+     * The ports the plan in force gave its destinations (SteerPlan.key → port). A destination keeps its port,
+     * and a new one never takes a port the plan in force uses: otherwise a policy change would point a live
+     * redirect, and connections made through it, at another PLC.
+     */
+    readonly assigned?: Readonly<Record<string, number>>;
+  };
 }
 
 /**
@@ -60,6 +69,8 @@ export interface PlanOptions {
  * plugin's proxy serves it against the grants.
  */
 export interface SteerPlan {
+  /** `protocol|zone name|address|port`: what keeps its listen port from one policy version to the next. */
+  readonly key: string;
   readonly protocol: string;
   readonly listenPort: number;
   /** Index of the ingress zone (0 = ports in no zone). */
@@ -206,9 +217,17 @@ export function buildPlan(validated: ValidatedPolicy, options: PlanOptions): Pla
           for (const dst of resolved.to) {
             const toZone = zoneByName.get(dst.zone);
             if (!toZone) continue;
+            if (toZone === fromZone) {
+              // Hosts on one segment talk directly: their traffic never passes the gateway, so it cannot be proxied.
+              unsteered.push({
+                flow: flow.id,
+                reason: `traffic inside zone "${fromZone.name}" does not pass the gateway, so its operations cannot be checked`,
+              });
+              continue;
+            }
             for (const cidr of dst.cidrs) {
               for (const [port] of services.tcp) {
-                const key = `${ops[0]}|${String(fromZone.index).padStart(3, '0')}|${String(cidr.base).padStart(10, '0')}|${String(port).padStart(5, '0')}`;
+                const key = `${ops[0]}|${fromZone.name}|${cidr.text.replace(/\/32$/, '')}|${port}`;
                 let entry = steers.get(key);
                 if (!entry) {
                   entry = { protocol: ops[0], zone: fromZone, target: { address: cidr.text.replace(/\/32$/, ''), port }, grants: [] };
@@ -235,15 +254,31 @@ export function buildPlan(validated: ValidatedPolicy, options: PlanOptions): Pla
   }
   const steered: SteerPlan[] = [];
   const range = options.proxyPorts;
-  for (const key of [...steers.keys()].sort()) {
+  const assigned = range?.assigned ?? {};
+  const inRange = (p: number | undefined): p is number => p !== undefined && range !== undefined && p >= range.from && p <= range.to;
+  const taken = new Set(Object.values(assigned).filter(inRange));
+  let next = range?.from ?? 0;
+  // Destinations that had a port keep it; the others get the lowest ports nobody in the plan in force uses.
+  const keys = [...steers.keys()].sort();
+  const ports = new Map<string, number>();
+  for (const key of keys) if (inRange(assigned[key])) ports.set(key, assigned[key] as number);
+  for (const key of keys) {
+    if (ports.has(key) || !range) continue;
+    while (next <= range.to && taken.has(next)) next++;
+    if (next > range.to) continue;
+    ports.set(key, next);
+    taken.add(next);
+  }
+  for (const key of keys) {
     const e = steers.get(key) as NonNullable<ReturnType<typeof steers.get>>;
-    const listenPort = (range?.from ?? 0) + steered.length;
-    if (!range || listenPort > range.to) {
+    const listenPort = ports.get(key);
+    if (listenPort === undefined) {
       for (const g of e.grants) unsteered.push({ flow: g.flow, reason: `more proxied destinations than proxy ports ${range?.from}-${range?.to}` });
       continue;
     }
-    steered.push({ protocol: e.protocol, listenPort, zone: e.zone.index, zoneName: e.zone.name, target: e.target, grants: e.grants });
+    steered.push({ key, protocol: e.protocol, listenPort, zone: e.zone.index, zoneName: e.zone.name, target: e.target, grants: e.grants });
   }
+  steered.sort((a, b) => a.listenPort - b.listenPort);
   return {
     policy: policy.name,
     version: options.version,
@@ -424,4 +459,11 @@ export function steeredConnections(plan: Plan, connections: readonly TrackedConn
         st.grants.some((g) => g.src.length === 0 || g.src.some((cidr) => src >= cidr.base && src <= cidr.base + 2 ** (32 - cidr.bits) - 1)),
     );
   });
+}
+
+/** Which port each steered destination has (SteerPlan.key → listen port): what the next plan must keep. */
+export function proxyAssignment(plan: Plan | undefined): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const st of plan?.steered ?? []) out[st.key] = st.listenPort;
+  return out;
 }

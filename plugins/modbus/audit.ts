@@ -6,14 +6,19 @@ import type { PluginAudit, PluginAuditEvent } from '../api/index.js';
  * a window goes out at once (so an operator sees a new denial immediately);
  * repeats within the window are counted and go out as one event at the end
  * of the window, with the count, first and last time, and the last details.
- * Past `maxKeys` kinds in one window, the rest is only counted, in one
- * `modbus.events-suppressed` event: memory stays bounded whatever a client sends.
+ * Each actor (client address) has its own budget of kinds per window, so one
+ * client flooding distinct denials cannot crowd out another's events; past
+ * its budget (or the global one), its events are only counted, in one
+ * `modbus.events-suppressed` event per actor. Events recorded with `keep`
+ * (writes that reached a PLC) are never dropped: past a budget they go out
+ * one by one instead of being folded. Memory stays bounded whatever a client sends.
  */
 export interface AggregatorOptions {
   readonly audit: PluginAudit;
   readonly now: () => number;
   readonly windowMs: number;
   readonly maxKeys?: number;
+  readonly maxKeysPerActor?: number;
 }
 
 interface Pending {
@@ -26,7 +31,8 @@ interface Pending {
 export class AuditAggregator {
   readonly #o: AggregatorOptions;
   readonly #seen = new Map<string, Pending>();
-  #suppressed = 0;
+  readonly #perActor = new Map<string, number>();
+  readonly #suppressed = new Map<string, number>();
   #timer: NodeJS.Timeout | undefined;
 
   constructor(options: AggregatorOptions) {
@@ -38,7 +44,7 @@ export class AuditAggregator {
     this.#timer.unref();
   }
 
-  record(key: string, event: PluginAuditEvent): void {
+  record(key: string, event: PluginAuditEvent, options: { keep?: boolean } = {}): void {
     const now = this.#o.now();
     const seen = this.#seen.get(key);
     if (seen) {
@@ -47,10 +53,13 @@ export class AuditAggregator {
       seen.event = event;
       return;
     }
-    if (this.#seen.size >= (this.#o.maxKeys ?? 1_000)) {
-      this.#suppressed += 1;
+    const actorKeys = this.#perActor.get(event.actor) ?? 0;
+    if (this.#seen.size >= (this.#o.maxKeys ?? 5_000) || actorKeys >= (this.#o.maxKeysPerActor ?? 200)) {
+      if (options.keep) this.#o.audit.record({ ...event, details: { ...event.details, count: 1, firstSeen: now, lastSeen: now } });
+      else this.#suppressed.set(event.actor, (this.#suppressed.get(event.actor) ?? 0) + 1);
       return;
     }
+    this.#perActor.set(event.actor, actorKeys + 1);
     this.#seen.set(key, { event, repeats: 0, first: now, last: now });
     this.#o.audit.record({ ...event, details: { ...event.details, count: 1, firstSeen: now, lastSeen: now } });
   }
@@ -62,17 +71,21 @@ export class AuditAggregator {
       this.#o.audit.record({ ...p.event, details: { ...p.event.details, count: p.repeats, firstSeen: p.first, lastSeen: p.last, repeated: true } });
     }
     this.#seen.clear();
-    if (this.#suppressed > 0) {
+    this.#perActor.clear();
+    for (const [actor, count] of this.#suppressed) {
       this.#o.audit.record({
         category: 'request-error',
-        actor: 'ward-agent',
+        actor,
         action: 'modbus.events-suppressed',
         target: 'modbus',
         outcome: 'failure',
-        details: { count: this.#suppressed, reason: `more than ${this.#o.maxKeys ?? 1_000} distinct Modbus events in one window` },
+        details: {
+          count,
+          reason: `more distinct Modbus events from ${actor} in one window than the journal takes (${this.#o.maxKeysPerActor ?? 200} per client)`,
+        },
       });
-      this.#suppressed = 0;
     }
+    this.#suppressed.clear();
   }
 
   stop(): void {

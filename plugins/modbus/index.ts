@@ -20,6 +20,8 @@ const configSchema = z.strictObject({
   /** Requests one client may have waiting at once; the rest of its stream waits in TCP. */
   maxInFlight: z.number().int().min(1).max(256).default(16),
   maxConnections: z.number().int().min(1).max(10_000).default(256),
+  /** Connections one client address may hold to one PLC through the proxy (each is also a connection to the PLC). */
+  maxConnectionsPerClient: z.number().int().min(1).max(1_000).default(8),
   /** Repeats of the same audit event within this window become one event with a count. */
   auditWindowSeconds: z.number().int().min(1).max(3_600).default(60),
   /** Registers to poll from PLCs for telemetry (collector.ts); absent: no polling. */
@@ -52,6 +54,7 @@ export default definePlugin({
       idleTimeoutMs: ctx.config.idleTimeoutMs,
       maxInFlight: ctx.config.maxInFlight,
       maxConnections: ctx.config.maxConnections,
+      maxConnectionsPerClient: ctx.config.maxConnectionsPerClient,
       auditWindowMs: ctx.config.auditWindowSeconds * 1000,
     });
     const listeners = new Set<(s: TelemetrySample) => void>();

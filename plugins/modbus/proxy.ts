@@ -33,6 +33,7 @@ export interface ModbusProxyOptions {
   readonly idleTimeoutMs?: number;
   readonly maxInFlight?: number;
   readonly maxConnections?: number;
+  readonly maxConnectionsPerClient?: number;
   readonly auditWindowMs?: number;
 }
 
@@ -102,6 +103,7 @@ export class ModbusProxy implements ProtocolProxy {
       idleTimeoutMs: 600_000,
       maxInFlight: 16,
       maxConnections: 256,
+      maxConnectionsPerClient: 8,
       auditWindowMs: 60_000,
       ...options,
     };
@@ -215,8 +217,13 @@ export class ModbusProxy implements ProtocolProxy {
   }
 
   async #closeRoute(state: RouteState): Promise<void> {
+    const closed = new Promise<void>((resolve) => state.server.close(() => resolve()));
     for (const s of state.sessions) s.close('route removed');
-    await new Promise<void>((resolve) => state.server.close(() => resolve()));
+    state.sessions.clear();
+    // Bounded: a policy change must never wait on a client.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, 2_000)))]);
+    clearTimeout(timer);
   }
 
   #accept(state: RouteState, socket: net.Socket): void {
@@ -236,6 +243,22 @@ export class ModbusProxy implements ProtocolProxy {
         outcome: 'refused',
         code: 'WARD_MODBUS_DENIED',
         details: { client, zone: state.route.zone, reason: 'no flow of the policy allows this client to this PLC' },
+      });
+      socket.destroy();
+      return;
+    }
+    const open = [...state.sessions].filter((s) => s.client === client).length;
+    if (open >= this.#o.maxConnectionsPerClient) {
+      // One client must not hold every slot (nor the PLC's few connections): the others keep theirs.
+      this.counters.refused += 1;
+      this.#events.record(`too-many|${client}|${state.route.listenPort}`, {
+        category: 'access-control',
+        actor: client,
+        action: 'modbus.connection-refused',
+        target: targetOf(state.route),
+        outcome: 'refused',
+        code: 'WARD_MODBUS_DENIED',
+        details: { client, zone: state.route.zone, reason: `more than ${this.#o.maxConnectionsPerClient} connections from one client` },
       });
       socket.destroy();
       return;
@@ -282,8 +305,8 @@ export class ModbusProxy implements ProtocolProxy {
   }
 
   /** One audit event, aggregated by `key` (see audit.ts). */
-  report(key: string, event: Parameters<AuditAggregator['record']>[1]): void {
-    this.#events.record(key, event);
+  report(key: string, event: Parameters<AuditAggregator['record']>[1], options: { keep?: boolean } = {}): void {
+    this.#events.record(key, event, options);
   }
 }
 
@@ -298,6 +321,9 @@ class Session {
   #upstreamFramer = new AduFramer();
   #nextTid = 1;
   #closed = false;
+  /** After a malformed frame: nothing more is read or forwarded; answers already owed go out, then the connection closes. */
+  #draining = false;
+  #drainTimer: NodeJS.Timeout | undefined;
   #clientPaused = false;
 
   constructor(
@@ -317,19 +343,28 @@ class Session {
     socket.on('close', () => this.close('client closed'));
   }
 
+  /** Ends both connections now. Writes still waiting for the PLC are audited: they may have been carried out. */
   close(why: string): void {
+    clearTimeout(this.#drainTimer);
+    const upstream = this.#upstream;
+    // Cleared first, so the upstream's own close is not mistaken for the PLC going away.
+    this.#upstream = undefined;
+    upstream?.destroy();
+    this.socket.destroy();
     if (this.#closed) return;
     this.#closed = true;
-    for (const e of this.#pending.values()) clearTimeout(e.timer);
+    for (const e of this.#pending.values()) {
+      clearTimeout(e.timer);
+      if (e.write) this.#auditWrite(e, undefined, `the connection closed (${why}) before the PLC answered; the write may have been carried out`);
+    }
     this.#pending.clear();
     this.#queue.length = 0;
     this.#backlog = [];
-    this.#upstream?.destroy();
-    this.socket.destroy();
     this.proxy.options.log.debug({ client: this.client, target: targetOf(this.state.route), why }, 'modbus proxy connection closed');
   }
 
   #onClientData(chunk: Buffer): void {
+    if (this.#closed || this.#draining) return;
     const { frames, error } = this.#framer.push(chunk);
     this.#backlog.push(...frames);
     this.#drainBacklog();
@@ -337,10 +372,12 @@ class Session {
   }
 
   #drainBacklog(): void {
+    if (this.#closed || this.#draining) return;
     const max = this.proxy.options.maxInFlight ?? 16;
     // A client that sends but does not read its answers stops being read too: its unread answers stay bounded.
-    while (!this.#closed && this.#backlog.length > 0 && this.#queue.length < max && this.socket.writableLength < MAX_UNREAD)
+    while (!this.#closed && !this.#draining && this.#backlog.length > 0 && this.#queue.length < max && this.socket.writableLength < MAX_UNREAD)
       this.#onRequest(this.#backlog.shift() as Buffer);
+    if (this.#closed || this.#draining) return;
     const full = this.#backlog.length > 0;
     if (full && !this.#clientPaused) this.socket.pause();
     else if (!full && this.#clientPaused) this.socket.resume();
@@ -348,7 +385,10 @@ class Session {
   }
 
   #malformed(error: FrameError): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#draining) return;
+    this.#draining = true;
+    this.#backlog = [];
+    this.socket.pause();
     this.proxy.counters.malformed += 1;
     this.proxy.report(`malformed|${this.client}|${this.state.route.listenPort}|${error.code}`, {
       category: 'request-error',
@@ -359,12 +399,16 @@ class Session {
       code: 'WARD_MODBUS_MALFORMED',
       details: { client: this.client, zone: this.state.route.zone, error: error.code, message: error.message, action: 'connection closed' },
     });
-    // Answers already owed go out first: the frames before the bad one were fine.
+    // The frames before the bad one were fine: their answers (and the audit of their writes) are still owed. Bounded.
+    this.#drainTimer = setTimeout(() => this.close('malformed frame; owed answers timed out'), (this.proxy.options.responseTimeoutMs ?? 5_000) + 1_000);
     this.#flush();
-    this.socket.end();
-    this.#closed = true;
-    this.#upstream?.destroy();
-    for (const e of this.#pending.values()) clearTimeout(e.timer);
+  }
+
+  /** After a malformed frame, once every owed answer is out: end, and destroy if the client does not close its side. */
+  #finishDraining(): void {
+    clearTimeout(this.#drainTimer);
+    this.#drainTimer = setTimeout(() => this.close('malformed frame'), 1_000);
+    this.socket.end(() => this.close('malformed frame'));
   }
 
   #onRequest(adu: Buffer): void {
@@ -500,6 +544,7 @@ class Session {
           },
         });
         entry.answer = encodeException(entry.mbap, entry.request.fc, 11, entry.request.kind === 'device-id' ? 14 : undefined);
+        if (entry.write) this.#auditWrite(entry, undefined, 'the PLC answer was rejected; the write may have been carried out');
         continue;
       }
       const answer = Buffer.from(adu);
@@ -526,13 +571,14 @@ class Session {
   #auditWrite(entry: Entry, exception: number | undefined, error?: string): void {
     const what = describe(entry.request);
     this.proxy.report(
-      `write|${this.client}|${this.state.route.listenPort}|${entry.mbap.unitId}|${entry.request.fc}|${what.table}|${what.address}|${what.quantity}|${exception ?? 0}`,
+      // Values are part of the key: a repeated write of the same values folds, a different value is its own event.
+      `write|${this.client}|${this.state.route.listenPort}|${entry.mbap.unitId}|${entry.request.fc}|${what.table}|${what.address}|${what.quantity}|${what.values?.join(',')}|${exception ?? 0}|${error ?? ''}`,
       {
         category: 'control-system',
         actor: this.client,
         action: 'modbus.write',
         target: targetOf(this.state.route),
-        outcome: exception === undefined ? 'success' : 'failure',
+        outcome: exception === undefined && error === undefined ? 'success' : 'failure',
         details: {
           client: this.client,
           flow: entry.flow,
@@ -545,6 +591,7 @@ class Session {
           ...(error !== undefined ? { error } : {}),
         },
       },
+      { keep: true },
     );
   }
 
@@ -556,7 +603,8 @@ class Session {
       this.#queue.shift();
       if (!this.socket.write(head.answer)) this.#upstream?.pause();
     }
-    if (!this.#closed) this.#drainBacklog();
+    if (this.#draining && !this.#closed && this.#queue.length === 0) this.#finishDraining();
+    else if (!this.#closed) this.#drainBacklog();
   }
 }
 

@@ -114,6 +114,13 @@ maybe(
     // Observe mode on a live line: the same write passes, and is reported as what enforce would have denied.
     const observed = await gw.call({ cmd: 'apply', policy: policy('observe'), version: 3 });
     t.true(observed.ok, JSON.stringify(observed));
+    // Observe mode accepts everything to the gateway, yet the proxy port takes only what was redirected to it:
+    // a host in cell-b connecting straight to the gateway's proxy port is dropped.
+    const cnc = await startInNamespace(topo.hosts.plc2.ns, FIXTURE, ['client']);
+    t.teardown(() => cnc.close());
+    const direct = await cnc.call({ cmd: 'write', host: '198.18.2.1', port: 15020, address: 101, values: [31337] });
+    t.regex(String(direct.error), /connect timeout|ETIMEDOUT/, JSON.stringify(direct));
+    t.deepEqual((await plc.call({ cmd: 'get', address: 101, quantity: 1 })).values, [0]);
     t.like(await at({ cmd: 'write', address: 500, values: [9] }), { ok: true });
     t.deepEqual((await plc.call({ cmd: 'get', address: 500, quantity: 1 })).values, [9]);
     t.like(

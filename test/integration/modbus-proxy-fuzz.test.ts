@@ -165,7 +165,15 @@ test.serial('the proxy survives hostile streams: forwards only valid, allowed fr
 test.serial('slow-loris clients neither block others nor stay forever; a client that never reads its answers is not read either', async (t) => {
   const plc = new ModbusSimServer({ size: 1000 });
   const target = await plc.listen(0);
-  const proxy = new ModbusProxy({ log: quiet, audit: { record() {} }, now: Date.now, host: '127.0.0.1', idleTimeoutMs: 1_000, maxConnections: 1_000 });
+  const proxy = new ModbusProxy({
+    log: quiet,
+    audit: { record() {} },
+    now: Date.now,
+    host: '127.0.0.1',
+    idleTimeoutMs: 1_000,
+    maxConnections: 1_000,
+    maxConnectionsPerClient: 1_000,
+  });
   const port = await freePort();
   await proxy.setRoutes([
     {

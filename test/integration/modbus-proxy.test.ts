@@ -2,7 +2,7 @@ import net from 'node:net';
 import test, { type ExecutionContext } from 'ava';
 import jsmodbus from 'jsmodbus';
 import type { PluginAuditEvent, ProxyRoute } from '../../plugins/api/index.js';
-import type { Request } from '../../plugins/modbus/frame.js';
+import { AduFramer, type Request } from '../../plugins/modbus/frame.js';
 import { ModbusProxy } from '../../plugins/modbus/proxy.js';
 import { ModbusSimServer } from '../../plugins/modbus/server.js';
 
@@ -327,4 +327,142 @@ test('a listen port already taken fails setRoutes with a message naming the port
   const err = await t.throwsAsync(other.setRoutes([s.route]));
   t.regex(err?.message ?? '', new RegExp(`cannot listen on 127\\.0\\.0\\.1:${s.port} .*EADDRINUSE`));
   t.deepEqual(other.ports, []);
+});
+
+// Found in review: each of these let a client hold resources, hide a write, or stall a policy change.
+
+test('a malformed frame from a client that never closes its side: the connection is destroyed, and removing the route does not wait on it', async (t) => {
+  const s = await stack(t, ['read-only']);
+  const socket = net.connect(s.port, '127.0.0.1');
+  socket.on('error', () => undefined);
+  t.teardown(() => socket.destroy());
+  await new Promise<void>((r) => socket.once('connect', () => r()));
+  const closed = new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), 5_000);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+  socket.write(adu(1, 1, [0])); // function code 0: not a request
+  t.true(await closed, 'the proxy closed the connection although the client never sent FIN');
+  const removed = await Promise.race([s.proxy.setRoutes([]).then(() => 'done'), new Promise((r) => setTimeout(() => r('stuck'), 5_000))]);
+  t.is(removed, 'done');
+});
+
+test('requests after a malformed frame in the same segment are not forwarded; the write before it is answered and audited as done', async (t) => {
+  const s = await stack(t, ['read-only', 'write holding 100-119']);
+  const { frames, closed } = await raw(
+    s.port,
+    [Buffer.concat([adu(1, 1, [6, 0, 100, 0x04, 0x57]), adu(2, 1, [3, 0, 0, 0, 0]), adu(3, 1, [6, 0, 101, 0x08, 0xae])])],
+    3,
+  );
+  t.true(closed);
+  t.is(frames.length, 1);
+  t.is(frames[0]?.toString('hex'), adu(1, 1, [6, 0, 100, 0x04, 0x57]).toString('hex'), 'the write before the bad frame was answered');
+  t.is(s.plc.holding[100], 1111);
+  t.is(s.plc.holding[101], 0, 'the write after the bad frame never reached the PLC');
+  t.like(
+    s.events.find((e) => e.action === 'modbus.write'),
+    { outcome: 'success', details: { address: 100, values: [1111] } },
+  );
+  t.false(
+    s.events.some((e) => e.action === 'modbus.plc-unreachable'),
+    'the proxy closing its own PLC connection is no PLC failure',
+  );
+});
+
+test('one client flooding distinct denials cannot hide another client’s events, and writes are never folded across values or dropped', async (t) => {
+  const s = await stack(t, ['read-only', 'write holding 100-119'], { sources: [] });
+  // 127.0.0.2 is another client on loopback (Linux routes all of 127/8 to lo).
+  const flood = Buffer.concat(Array.from({ length: 600 }, (_, i) => adu(i, 1, [6, ...u16(1000 + i), 0, 1])));
+  const socket = net.connect({ port: s.port, host: '127.0.0.1', localAddress: '127.0.0.2' });
+  socket.on('error', () => undefined);
+  t.teardown(() => socket.destroy());
+  await new Promise<void>((r) => socket.once('connect', () => r()));
+  let answered = 0;
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, 5_000);
+    socket.on('data', (d: Buffer) => {
+      answered += d.length / 9;
+      if (answered >= 600) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    socket.write(flood);
+  });
+  t.is(answered, 600);
+  const { modbus } = await client(t, s.port);
+  t.is(await exceptionOf(modbus.writeSingleRegister(5, 1)), 2);
+  for (const v of [50, 9999, 50]) await modbus.writeSingleRegister(110, v);
+  const mine = s.events.filter((e) => e.actor === '127.0.0.1');
+  t.true(
+    mine.some((e) => e.action === 'modbus.request-denied'),
+    'the second client’s denial is recorded despite the flood',
+  );
+  t.deepEqual(
+    mine.filter((e) => e.action === 'modbus.write').map((e) => e.details?.values),
+    [[50], [9999]],
+    'each distinct value is its own event (the repeat of 50 folds into the first)',
+  );
+  s.proxy.events.flush();
+  t.like(
+    s.events.find((e) => e.action === 'modbus.events-suppressed'),
+    { actor: '127.0.0.2' },
+  );
+  t.like(s.events.filter((e) => e.action === 'modbus.write' && e.actor === '127.0.0.1').at(-1), { details: { values: [50], count: 1, repeated: true } });
+});
+
+test('one client cannot take every connection slot', async (t) => {
+  const s = await stack(t, ['read-only']);
+  const sockets = await Promise.all(
+    Array.from(
+      { length: 12 },
+      () =>
+        new Promise<{ socket: net.Socket; closed: Promise<boolean> }>((resolve) => {
+          const socket = net.connect(s.port, '127.0.0.1');
+          socket.on('error', () => undefined);
+          t.teardown(() => socket.destroy());
+          const closed = new Promise<boolean>((r) => {
+            const timer = setTimeout(() => r(false), 2_000);
+            socket.once('close', () => {
+              clearTimeout(timer);
+              r(true);
+            });
+          });
+          socket.once('connect', () => resolve({ socket, closed }));
+        }),
+    ),
+  );
+  const outcomes = await Promise.all(sockets.map((x) => x.closed));
+  t.is(outcomes.filter((c) => c).length, 4, 'the default allows 8 connections per client; the other 4 were closed');
+  t.like(
+    s.events.find((e) => e.action === 'modbus.connection-refused'),
+    { details: { reason: 'more than 8 connections from one client' } },
+  );
+});
+
+test('a write whose answer from the PLC is rejected (wrong unit) is still audited, as possibly carried out', async (t) => {
+  const s = await stack(t, ['read-write']);
+  // A PLC that answers every request as unit 255 (common on Modbus/TCP devices).
+  const liar = net.createServer((c) => {
+    const framer = new AduFramer();
+    c.on('data', (d: Buffer) => {
+      for (const f of framer.push(d).frames) {
+        const answer = Buffer.from(f);
+        answer[6] = 255;
+        c.write(answer);
+      }
+    });
+  });
+  await new Promise<void>((r) => liar.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => liar.close());
+  await s.proxy.setRoutes([{ ...s.route, target: { address: '127.0.0.1', port: (liar.address() as net.AddressInfo).port } }]);
+  const { frames } = await raw(s.port, [adu(4, 1, [6, 0, 7, 0, 42])], 1);
+  t.is(frames[0]?.toString('hex'), adu(4, 1, [0x86, 11]).toString('hex'));
+  t.like(
+    s.events.find((e) => e.action === 'modbus.write'),
+    { outcome: 'failure', details: { address: 7, values: [42], error: 'the PLC answer was rejected; the write may have been carried out' } },
+  );
 });

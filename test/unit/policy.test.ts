@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import test from 'ava';
 import YAML from 'yaml';
 import { renderRuleset } from '../../agent/enforce/compile.js';
-import { type Binding, buildPlan, evaluate } from '../../agent/enforce/plan.js';
+import { type Binding, buildPlan, evaluate, proxyAssignment } from '../../agent/enforce/plan.js';
 import { checkPolicy, type PolicyInput, type ProtocolOps, parsePolicyText } from '../../agent/shared/policy/model.js';
 import modbus from '../../plugins/modbus/index.js';
 
@@ -292,17 +292,21 @@ test('a flow with Modbus operations is steered to a proxy port in routed mode an
       s.grants.map((g) => `${g.flow}:${g.mode}:${g.ops.join('+')}`),
     ]),
     [
-      ['modbus', 15020, 'it', '198.18.1.10:502', ['historian-poll:enforce:read-only']],
-      ['modbus', 15021, 'it', '198.18.1.10:1502', ['eng-tune:enforce:read-write']],
+      ['modbus', 15020, 'it', '198.18.1.10:1502', ['eng-tune:enforce:read-write']],
+      ['modbus', 15021, 'it', '198.18.1.10:502', ['historian-poll:enforce:read-only']],
     ],
   );
   const { script } = renderRuleset(plan);
   t.regex(script, /chain steer \{\n\t\ttype nat hook prerouting priority dstnat; policy accept;/);
   t.regex(
     script,
-    /iifname \{ "up0" \} ip saddr \{ 198\.18\.0\.20 \} ip daddr 198\.18\.1\.10 tcp dport 502 counter redirect to :15020 comment "ward:steer:historian-poll"/,
+    /iifname \{ "up0" \} ip saddr \{ 198\.18\.0\.20 \} ip daddr 198\.18\.1\.10 tcp dport 502 counter redirect to :15021 comment "ward:steer:historian-poll"/,
   );
-  t.regex(script, /tcp dport 15020 ct status dnat counter accept comment "ward:proxy:15020"/);
+  t.regex(
+    script,
+    /iifname \{ "up0" \} tcp dport 15021 ct status dnat ct original ip daddr 198\.18\.1\.10 ct original proto-dst 502 counter accept comment "ward:proxy:15021"/,
+  );
+  t.regex(script, /tcp dport \{ 15020, 15021 \} counter drop comment "ward:proxy-guard"/);
   // The pair chain keeps the flow's other services but has no rule of its own for the steered flow.
   t.notRegex(script, /comment "ward:flow:historian-poll"/);
   t.notRegex(script, /comment "ward:flow:eng-tune"/);
@@ -324,4 +328,37 @@ test('flows with protocol operations are left out, and named, where they cannot 
   t.regex(noPorts.unsteered[0]?.reason ?? '', /no proxy port range/);
   const full = buildPlan(validated, { binding: routed, version: 1, proxyPorts: { from: 15020, to: 15019 } });
   t.regex(full.unsteered[0]?.reason ?? '', /more proxied destinations than proxy ports/);
+});
+
+test('a proxied destination keeps its port from one policy version to the next, and a new one never takes a port in use', (t) => {
+  const ctx = { protocols: { modbus: modbus.protocol as ProtocolOps } };
+  const p1 = base();
+  Object.assign((p1.flows as object[])[1] as object, { services: ['tcp/502'], to: 'asset:mill-cnc', ops: { modbus: ['read-only'] } });
+  const v1 = buildPlan(checkPolicy(p1, ctx), { binding: routed, version: 1, proxyPorts: { from: 15020, to: 15029 } });
+  t.deepEqual(proxyAssignment(v1), { 'modbus|it|198.18.2.10|502': 15020 });
+  // v2 adds a destination that sorts first: without the assignment it would take 15020 from the mill.
+  const p2 = base();
+  Object.assign((p2.flows as object[])[1] as object, { services: ['tcp/502'], to: ['asset:mill-cnc', 'asset:press-plc'], ops: { modbus: ['read-only'] } });
+  const fresh = buildPlan(checkPolicy(p2, ctx), { binding: routed, version: 2, proxyPorts: { from: 15020, to: 15029 } });
+  t.is(proxyAssignment(fresh)['modbus|it|198.18.1.10|502'], 15020, 'sorted afresh, press-plc would take the port');
+  const v2 = buildPlan(checkPolicy(p2, ctx), { binding: routed, version: 2, proxyPorts: { from: 15020, to: 15029, assigned: proxyAssignment(v1) } });
+  t.deepEqual(proxyAssignment(v2), { 'modbus|it|198.18.2.10|502': 15020, 'modbus|it|198.18.1.10|502': 15021 });
+  // v3 drops the mill: its port is not handed to anyone else in this step.
+  const p3 = base();
+  Object.assign((p3.flows as object[])[1] as object, { services: ['tcp/502'], to: 'asset:press-plc', ops: { modbus: ['read-only'] } });
+  const v3 = buildPlan(checkPolicy(p3, ctx), { binding: routed, version: 3, proxyPorts: { from: 15020, to: 15029, assigned: proxyAssignment(v2) } });
+  t.deepEqual(proxyAssignment(v3), { 'modbus|it|198.18.1.10|502': 15021 });
+});
+
+test('operations on traffic inside one zone are refused: it never passes the gateway', (t) => {
+  const p = base();
+  (p.assets as object[]).push({ name: 'hmi-a', zone: 'cell-a', ip: '198.18.1.20', kind: 'hmi' });
+  (p.flows as object[]).push({ id: 'hmi-writes', from: 'asset:hmi-a', to: 'asset:press-plc', services: ['tcp/502'], ops: { modbus: ['read-write'] } });
+  const plan = buildPlan(checkPolicy(p, { protocols: { modbus: modbus.protocol as ProtocolOps } }), {
+    binding: routed,
+    version: 1,
+    proxyPorts: { from: 15020, to: 15029 },
+  });
+  t.deepEqual(plan.unsteered, [{ flow: 'hmi-writes', reason: 'traffic inside zone "cell-a" does not pass the gateway, so its operations cannot be checked' }]);
+  t.deepEqual(plan.steered, []);
 });
