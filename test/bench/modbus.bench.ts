@@ -166,7 +166,7 @@ export default async function modbusBench(): Promise<BenchResult> {
       'PLC simulator child',
     );
 
-    proxy = new ModbusProxy({ log: quiet, audit: { record() {} }, now: Date.now, host: '127.0.0.1' });
+    proxy = new ModbusProxy({ log: quiet, audit: { record() {} }, now: Date.now, host: '127.0.0.1', maxConnectionsPerClient: MANY }); // every bench client is 127.0.0.1
     const proxyPort = await freePort();
     const grant = (mode: 'observe' | 'enforce') => ({ flow: 'bench', sources: ['127.0.0.1/32'], ops: ['read-only'], mode });
     const route = (mode: 'observe' | 'enforce') => ({
