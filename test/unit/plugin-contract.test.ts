@@ -9,7 +9,7 @@ const quiet = { error() {}, warn() {}, info() {}, debug() {} };
 
 function context<C>(name: string, config: C): PluginContext<C> {
   return {
-    deviceId: 'gw-contract',
+    deviceId: `gw-contract-${name}`,
     config,
     log: quiet,
     clock: { now: () => Date.now(), monotonic: () => performance.now() },
