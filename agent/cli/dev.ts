@@ -10,7 +10,7 @@ import { builtinPlugins } from '../../plugins/index.js';
 import { ModbusSimServer } from '../../plugins/modbus/server.js';
 import { validateConfig } from '../config/load.js';
 import { type AgentConfigInput, agentConfigSchema } from '../config/schema.js';
-import { describeError } from '../core/errors.js';
+import { describeError, ErrorCodes, WardError } from '../core/errors.js';
 import { createLogger } from '../log.js';
 import { renderPng, renderTerminal } from '../shared/qr.js';
 import { ensurePrivateDir, fileMode } from '../state/files.js';
@@ -89,7 +89,13 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
 
   let agent: Agent | undefined;
   try {
-    await plc.listen(modbusPort, '127.0.0.1');
+    await plc.listen(modbusPort, '127.0.0.1').catch((cause: NodeJS.ErrnoException) => {
+      throw new WardError(
+        ErrorCodes.DEV_LISTEN_FAILED,
+        `simulated Modbus PLC port 127.0.0.1:${modbusPort} ${cause.code === 'EADDRINUSE' ? 'is already in use' : `cannot be opened (${cause.code ?? cause.message})`}: choose another with --modbus-port`,
+        { cause },
+      );
+    });
     plc.simulate(1_000);
     plc.holding.set([450, 1200], 100);
     const enrollment = controller.enrollment;

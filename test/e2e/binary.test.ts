@@ -114,11 +114,25 @@ for (const target of Object.keys(RUNNERS)) {
     if (!existsSync(join(DIST, `ward-${target}`))) return t.fail(`dist/ward-${target} is missing: run \`npm run build:binary\``);
     const dir = await tempDir(t);
     const cache = join(dir, 'cache');
-    const [mqttPort, wsPort, apiPort] = [await freePort(), await freePort(), await freePort()];
+    const [mqttPort, wsPort, apiPort, modbusPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
     const dev = spawnBinary(
       t,
       target,
-      ['dev', '--dir', join(dir, 'dev'), '--mqtt-port', String(mqttPort), '--ws-port', String(wsPort), '--api-port', String(apiPort), '--log-level', 'warn'],
+      [
+        'dev',
+        '--dir',
+        join(dir, 'dev'),
+        '--modbus-port',
+        String(modbusPort),
+        '--mqtt-port',
+        String(mqttPort),
+        '--ws-port',
+        String(wsPort),
+        '--api-port',
+        String(apiPort),
+        '--log-level',
+        'warn',
+      ],
       cache,
     );
     const device = await waitFor(

@@ -116,6 +116,32 @@ test('ward dev says which port is taken instead of crashing obscurely', async (t
   t.regex(p.output(), new RegExp(`WARD_CONTROLLER_LISTEN_FAILED: MQTT \\(TLS\\) port 127.0.0.1:${taken} is already in use`));
 });
 
+test('ward dev says when the simulated Modbus PLC port is taken', async (t) => {
+  const { createServer } = await import('node:net');
+  const blocker = createServer();
+  await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => blocker.close());
+  const taken = (blocker.address() as { port: number }).port;
+  const dir = await tempDir(t);
+  const p = spawnWard(t, [
+    'dev',
+    '--dir',
+    dir,
+    '--modbus-port',
+    String(taken),
+    '--mqtt-port',
+    '0',
+    '--ws-port',
+    '0',
+    '--api-port',
+    '0',
+    '--log-level',
+    'silent',
+  ]);
+  t.is(await p.exited, 1);
+  t.regex(p.output(), new RegExp(`WARD_DEV_LISTEN_FAILED: simulated Modbus PLC port 127.0.0.1:${taken} is already in use: choose another with --modbus-port`));
+});
+
 test('an agent whose fleet root is missing or tampered exits 78 (restarting cannot help) with the reason', async (t) => {
   const dir = await tempDir(t);
   const rootFile = join(dir, 'root.json');
