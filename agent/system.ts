@@ -1,12 +1,15 @@
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { DetectedBoard, HostFs, ScanInput, StatusLed, Watchdog } from '../hardware/api/index.js';
+import type { AttestationTpm, DetectedBoard, HostFs, ScanInput, StatusLed, Watchdog } from '../hardware/api/index.js';
 import { detectBoard } from '../hardware/boards/detect.js';
 import { patternFor } from '../hardware/led/patterns.js';
 import { SysfsLed } from '../hardware/led/sysfs.js';
 import { StreamScanInput } from '../hardware/qr/tty.js';
 import { hostFs } from '../hardware/sysfs/hostfs.js';
+import { Tpm2ToolsTpm } from '../hardware/tpm/tpm2-tools.js';
 import { NoWatchdog, SystemdWatchdog } from '../hardware/watchdog/systemd.js';
 import type { AnyPluginDefinition } from '../plugins/api/index.js';
+import { AgentAttestation, measureSourcesFor } from './attest/service.js';
 import { AuditJournal, type JournalOptions } from './audit/journal.js';
 import { AuditShipper } from './audit/shipper.js';
 import { logAuditSink } from './audit-log.js';
@@ -17,7 +20,8 @@ import { VersionCounter } from './control/version-counter.js';
 import { type AuditSink, teeAudit } from './core/audit.js';
 import { type Clock, systemClock } from './core/clock.js';
 import { describeError, ErrorCodes, WardError } from './core/errors.js';
-import { Lifecycle, type LifecycleEvent, nextState } from './core/lifecycle.js';
+import { Lifecycle, type LifecycleEvent, type LifecycleState, nextState } from './core/lifecycle.js';
+import type { TrustLevel } from './enforce/enforcer.js';
 import { EnforceService } from './enforce/service.js';
 import { fetchClaimedBundle, loadOrCreateClaim } from './identity/claim.js';
 import { loadOrCreateSigningKey } from './identity/keystore.js';
@@ -59,6 +63,10 @@ export interface AgentDeps {
   readonly audit?: AuditSink;
   /** Kernel boot id override (tests). */
   readonly bootId?: string;
+  /** The config file the agent was started with (measured for attestation, byte for byte). */
+  readonly configFile?: string;
+  /** The TPM to attest with, overriding `attestation.tpm` (tests). */
+  readonly tpm?: AttestationTpm | null;
 }
 
 export interface Agent {
@@ -76,6 +84,8 @@ export interface Agent {
   readonly shipper: AuditShipper | undefined;
   /** Micro-segmentation: the policy in force, its kernel ruleset and the denied-flow reporter. */
   readonly enforce: EnforceService;
+  /** Self-attestation while a link exists (measurements, evidence, verdicts). */
+  readonly attestation: AgentAttestation | undefined;
   /** What a scan does: a bundle text or a camera frame. Resolves once the gateway is enrolled and its link started. */
   provision(input: string | Uint8Array): Promise<string>;
   /** Renews the client certificate now (normally done on a timer). */
@@ -229,12 +239,18 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       clock,
       context: { protocols: plugins.protocols },
       proxies: () => plugins.proxies,
+      trust: trustOf(lifecycle.state),
     });
   } catch (err) {
     await openedJournal.close();
     throw err;
   }
-  const local = new LocalControl({ path: join(config.stateDir, 'agent.sock'), enforce, log: logger.child({ area: 'local-control' }) });
+  const local = new LocalControl({
+    path: join(config.stateDir, 'agent.sock'),
+    enforce,
+    log: logger.child({ area: 'local-control' }),
+    attestation: () => (link ? attestations.get(link) : undefined),
+  });
   let failsafeTimer: NodeJS.Timeout | undefined;
   // Fail mode (policy failMode: safe): a controller silent for too long gets the line onto its safe flows.
   const watchController = (connected: boolean) => {
@@ -262,6 +278,9 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     arm();
   };
   const shippers = new WeakMap<ControlLink, AuditShipper>();
+  const attestations = new WeakMap<ControlLink, AgentAttestation>();
+  const bootId = deps.bootId ?? readBootIdSync();
+  const tpm = deps.tpm === null ? undefined : (deps.tpm ?? tpmFor(config.attestation.tpm, board, join(config.stateDir, 'tpm')));
   const linkFor = (id: LoadedIdentity) =>
     buildLink(
       id.deviceId,
@@ -354,6 +373,45 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     rpc = new RpcServer({ deviceId, key, verifier, publish: controlLink.publish, clock });
     shippers.set(controlLink, shipper);
     const link = controlLink;
+    const attestation = new AgentAttestation({
+      deviceId,
+      key,
+      sources: () =>
+        measureSourcesFor({
+          configFile: deps.configFile,
+          config,
+          stateDir: config.stateDir,
+          plugins: config.plugins,
+          pluginVersions: new Map(deps.plugins.map((p) => [p.manifest.name, p.manifest.version])),
+          fleetRootFile: config.trust?.rootFile,
+          controllerPublicKey,
+        }),
+      tpm,
+      clock,
+      log: logger.child({ area: 'attest' }),
+      audit,
+      claims: () => ({ bootId, wardVersion: WARD_VERSION, lifecycle: lifecycle.state }),
+      publish: (t, p, o) => link.publish(t, p, o),
+      onVerdict: async (v) => {
+        const event: LifecycleEvent =
+          v.state === 'active'
+            ? lifecycle.state === 'degraded'
+              ? 'recovered'
+              : 'attest-pass'
+            : v.state === 'degraded'
+              ? 'attest-stale'
+              : v.state === 'quarantined'
+                ? 'attest-fail'
+                : 'reattest';
+        await advance(event, `controller verdict ${v.state}${v.reasons.length > 0 ? `: ${v.reasons.join('; ')}` : ''}`);
+        await enforce.enforcer
+          .setTrust(trustOf(lifecycle.state), 'controller', `attestation verdict ${v.state}`)
+          .catch((err) => logger.error({ err: describeError(err) }, 'the policy could not follow the trust verdict'));
+        return lifecycle.state;
+      },
+    });
+    attestation.register(rpc);
+    attestations.set(controlLink, attestation);
     rpc.register('ping', () => ({ pong: true, lifecycle: lifecycle.state, uptimeSeconds: Math.round(process.uptime()) }));
     // Through JSON first: the answer is signed as canonical JSON, which refuses `undefined` (a port without a
     // detected device, a plugin's optional field), where plain JSON simply leaves the key out.
@@ -418,8 +476,12 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     link = undefined;
     if (previous) await shippers.get(previous)?.stop();
     await previous?.stop();
+    if (previous) attestations.get(previous)?.stop();
     link = await linkFor(next);
-    if (started && !stopping) await link.start();
+    if (started && !stopping) {
+      await attestations.get(link)?.start();
+      await link.start();
+    }
   };
 
   const doProvision = async (input: string | Uint8Array, source: { claimed?: boolean } = {}): Promise<string> => {
@@ -560,6 +622,9 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       return link ? shippers.get(link) : undefined;
     },
     enforce,
+    get attestation() {
+      return link ? attestations.get(link) : undefined;
+    },
     provision: (input) => {
       if (provisioning) return Promise.reject(new WardError(ErrorCodes.ENROLL_REFUSED, 'an enrollment is already in progress'));
       provisioning = doProvision(input);
@@ -594,6 +659,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       await enforce.enforcer
         .syncProxies()
         .catch((err) => logger.error({ err: describeError(err) }, 'protocol proxies could not take the routes of the policy in force'));
+      if (link) await attestations.get(link)?.start();
       await link?.start();
       if (link === undefined) watchController(false);
       if (hw.scanner) void consumeScans(hw.scanner).catch((err) => logger.warn({ err: describeError(err) }, 'scanner input ended'));
@@ -621,6 +687,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       // Not awaiting the scan loop: closing the input ends it, and a tty read must never hold up a stop.
       await hw.scanner?.close();
       if (link) await shippers.get(link)?.stop();
+      if (link) attestations.get(link)?.stop();
       await link?.stop();
       clearTimeout(failsafeTimer);
       await local.stop();
@@ -636,4 +703,24 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
 
 function jsonSafe<T>(value: T): T {
   return JSON.parse(JSON.stringify(value)) as T;
+}
+
+/** The attested trust state the enforcement follows: only an attested gateway is `active`. */
+export function trustOf(state: LifecycleState): TrustLevel {
+  return state === 'active' ? 'active' : state === 'quarantined' ? 'quarantined' : 'degraded';
+}
+
+function readBootIdSync(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** `attestation.tpm` → a TPM driver: `auto` uses the board's TPM when it has one. */
+function tpmFor(setting: string, board: DetectedBoard, dir: string): AttestationTpm | undefined {
+  if (setting === 'off') return undefined;
+  if (setting === 'auto') return board.tpm.present && board.tpm.device ? new Tpm2ToolsTpm({ tcti: `device:${board.tpm.device}`, dir }) : undefined;
+  return new Tpm2ToolsTpm({ tcti: setting, dir });
 }

@@ -24,6 +24,12 @@ export interface ApiBackend {
     current(deviceId: string): Promise<unknown | undefined>;
     publish(deviceId: string, policy: unknown, actor: string): Promise<unknown>;
   };
+  /** The Verifier: a device's attestation record, a challenge now, an operator's approval of its measurements. */
+  attestation?: {
+    get(deviceId: string): Promise<unknown | undefined>;
+    challenge(deviceId: string): Promise<unknown>;
+    approve(deviceId: string, actor: string): Promise<unknown>;
+  };
   /** Enrollment exists only once the controller is certified by a fleet root. */
   enrollment?: {
     createCode(input: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<unknown>;
@@ -99,6 +105,27 @@ export function createApiServer(backend: ApiBackend): Server {
         const input = parseBody(policyBody, body);
         if (typeof input === 'string') return badRequest(input);
         return [200, await backend.policy.publish(id as string, input.policy, input.actor ?? 'operator')];
+      },
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/devices\/([^/]+)\/attestation$/,
+      handler: async (_req, [id]) => {
+        const record = isDeviceId(id ?? '') && backend.attestation ? await backend.attestation.get(id as string) : undefined;
+        return record ? [200, record] : [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no attestation record for ${id}` } }];
+      },
+    },
+    {
+      method: 'POST',
+      pattern: /^\/api\/devices\/([^/]+)\/attestation\/(challenge|approve)$/,
+      handler: async (_req, [id, what], body) => {
+        if (!backend.attestation) return [501, { error: { code: 'WARD_API_NOT_AVAILABLE', message: 'this controller verifies no attestation' } }];
+        if (!isDeviceId(id ?? '') || (await backend.getDevice(id as string)) === undefined) {
+          return [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no device ${id}` } }];
+        }
+        if (what === 'challenge') return [200, await backend.attestation.challenge(id as string)];
+        const actor = typeof (body as { actor?: unknown } | undefined)?.actor === 'string' ? (body as { actor: string }).actor.slice(0, 64) : 'operator';
+        return [200, await backend.attestation.approve(id as string, actor)];
       },
     },
     { method: 'GET', pattern: /^\/api\/health$/, handler: async () => [200, await backend.health()] },

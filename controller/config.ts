@@ -74,6 +74,23 @@ export const controllerConfigSchema = z.strictObject({
     })
     .default({ serverHosts: [], certValidityDays: 90 }),
   rpc: z.strictObject({ timeoutMs: z.number().int().positive().default(10_000) }).default({ timeoutMs: 10_000 }),
+  /** The Verifier (DESIGN.md §2): how often gateways are challenged, and the reference values. */
+  attestation: z
+    .strictObject({
+      intervalSeconds: z.number().int().min(1).max(86_400).default(60),
+      /** No passing evidence for this long: the gateway is degraded. */
+      staleAfterSeconds: z
+        .number()
+        .int()
+        .min(1)
+        .max(7 * 86_400)
+        .default(180),
+      /** sha256 of approved executables, beside those in `manifests`. */
+      executables: z.array(z.string().regex(/^[0-9a-f]{64}$/)).default([]),
+      /** Build manifests (dist/manifest.json) whose binaries are released executables. */
+      manifests: z.array(z.string().min(1)).default([]),
+    })
+    .default({ intervalSeconds: 60, staleAfterSeconds: 180, executables: [], manifests: [] }),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).default({ level: 'info' }),
 });
 

@@ -15,8 +15,10 @@ import { filters, parseDeviceTopic, parseEnrollTopic, sharedFilter } from '../ag
 import { createCsr, generateTlsKey, issueClientCert, issueServerCert } from '../agent/shared/x509.js';
 import { ensurePrivateDir } from '../agent/state/files.js';
 import { WARD_VERSION } from '../agent/version.js';
+import { makeCredential } from '../hardware/tpm/tpm2-tools.js';
 import { CONTROLLER_IDENTITY } from './acl.js';
 import { createApiServer, loopbackHosts } from './api.js';
+import { AttestationService } from './attestation.js';
 import { AuditIngest } from './audit.js';
 import { type AuditStore, LevelAuditStore } from './audit-store.js';
 import { type BrokerAuth, type EmbeddedBroker, listen, startEmbeddedBroker } from './broker.js';
@@ -56,6 +58,8 @@ export interface Controller {
   readonly auditStore: AuditStore;
   /** Signs and publishes segmentation policies (PUT /api/devices/:id/policy). */
   readonly policies: PolicyService;
+  /** The Verifier: challenges, appraisals, trust states (GET /api/devices/:id/attestation). */
+  readonly attestation: AttestationService;
   close(): Promise<void>;
 }
 
@@ -208,6 +212,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
           // Not shared between replicas: each keeps its own archive and verdict (a shared store would allow sharing);
           // split across replicas, a device's chain would look full of gaps to each of them.
           { filter: filters.allAudit, qos: 1 },
+          { filter: share(filters.allAttestNotify), qos: 1 },
           ...(fleet
             ? [
                 { filter: share(filters.enrollRequests), qos: 1 as const },
@@ -230,6 +235,9 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
           } else if (topic.endsWith('/audit')) {
             const parsed = parseDeviceTopic(topic);
             if (parsed?.suffix === 'audit') void auditIngest.handle(parsed.deviceId, payload);
+          } else if (topic.endsWith('/attest/notify')) {
+            const parsed = parseDeviceTopic(topic);
+            if (parsed) void attestation.notified(parsed.deviceId, payload);
           } else if (topic.endsWith('/state')) {
             void registry.handleState(topic, payload, packet.retain);
           } else if (topic.includes('/reply/')) {
@@ -264,6 +272,20 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       timeoutMs: config.rpc.timeoutMs,
     });
     cleanup.push(async () => rpc?.close());
+    const attestation = new AttestationService({
+      dir: join(config.stateDir, 'attestation'),
+      config: config.attestation,
+      keys: registry.keys,
+      call: (id, method, params, timeoutMs) => (rpc as RpcClient).call(id, method, params, timeoutMs),
+      onlineDevices: async () => (await registry.list()).filter((d) => isLive(d, clock.now())).map((d) => d.id),
+      policyDigest: async (id) => (await policies.current(id))?.digest,
+      makeCredential: (input) => makeCredential(input),
+      audit,
+      log: log.child({ area: 'attestation' }),
+      clock,
+    });
+    await attestation.start();
+    cleanup.push(async () => attestation.stop());
 
     if (fleet) {
       const embedded = config.broker.embedded;
@@ -332,6 +354,11 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       listDevices: () => registry.list(),
       getDevice: (id) => registry.get(id),
       policy: { current: (id) => policies.current(id), publish: (id, policy, actor) => policies.publish(id, policy, actor) },
+      attestation: {
+        get: (id) => attestation.get(id),
+        challenge: (id) => attestation.challenge(id, 'operator'),
+        approve: (id, actor) => attestation.approve(id, actor),
+      },
       auditView: async (id, query) => {
         const head = await auditStore.head(id);
         if (head === undefined) return (await registry.get(id)) ? { verdict: null, events: [] } : undefined;
@@ -402,6 +429,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       auditIngest,
       auditStore,
       policies,
+      attestation,
       close: closeAll,
     };
   } catch (err) {

@@ -78,6 +78,14 @@ export class DeviceRegistry {
     return this.#verifier;
   }
 
+  /** The trusted device keys, for verifiers of their own (attestation evidence). */
+  get keys(): KeyResolver {
+    return (kid) => {
+      const entry = this.#byKid.get(kid);
+      return entry ? { publicKey: entry.publicKey, principal: entry.id } : undefined;
+    };
+  }
+
   /** Messages handled (any outcome), for diagnostics and the replica test. */
   get handledCount(): number {
     return this.#handled;

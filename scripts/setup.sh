@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 #   iproute2:         ip netns / veth / bridges for the enforcement tests' gateways and hosts
 #   procps:           sysctl (forwarding and br_netfilter switches in those namespaces)
 #   conntrack:        revokes established connections a tightened policy denies
+#   swtpm:            a software TPM 2.0 for the attestation tests (swtpm-tools: swtpm_ioctl stops it cleanly)
+#   tpm2-tools:       the TPM commands Ward's TPM driver runs (quote, PCR extend, credential activation)
 declare -A NEED=(
   [mosquitto]="/usr/sbin/mosquitto"
   [openssl]="/usr/bin/openssl"
@@ -39,6 +41,9 @@ declare -A NEED=(
   [iproute2]="/usr/sbin/ip"
   [procps]="/usr/sbin/sysctl"
   [conntrack]="/usr/sbin/conntrack"
+  [swtpm]="/usr/bin/swtpm"
+  [swtpm-tools]="/usr/bin/swtpm_ioctl"
+  [tpm2-tools]="/usr/bin/tpm2_quote"
 )
 
 missing=()

@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import YAML from 'yaml';
 import { controllerConfigSchema } from '../../controller/config.js';
@@ -10,6 +11,7 @@ import { loadOrCreateSigningKey } from '../identity/keystore.js';
 import { createLogger } from '../log.js';
 import { buildAgent } from '../system.js';
 import { WARD_VERSION } from '../version.js';
+import { attestNow, attestShow } from './attest.js';
 import { auditExport, auditStatus, auditTail, auditVerify, EXPORT_FORMATS, type ExportFormat, parsePublicKey, parseSince } from './audit.js';
 import { runDev } from './dev.js';
 import {
@@ -48,7 +50,7 @@ export function buildProgram(): Command {
     .action(async (opts: { config: string }) => {
       const config = await loadConfigFile(opts.config, agentConfigSchema);
       const logger = createLogger({ level: config.log.level, name: 'ward-agent' });
-      const node = await buildAgent({ config, logger, plugins: builtinPlugins });
+      const node = await buildAgent({ config, logger, plugins: builtinPlugins, configFile: resolve(opts.config) });
       await node.start();
       logger.info({ deviceId: node.deviceId, lifecycle: node.lifecycle.state }, 'agent started');
       runUntilSignal(
@@ -216,8 +218,21 @@ export function buildProgram(): Command {
       await identityReset(opts, process.stdout);
     });
 
-  const enforce = program.command('enforce').description('micro-segmentation: the policy in force on this gateway and its nftables ruleset');
   const enforceIo = { out: process.stdout, err: process.stderr };
+  const attest = program.command('attest').description("the gateway's self-attestation: its measurements and the controller's verdict");
+  attest
+    .command('show')
+    .description("the measurement log and its aggregate (the running agent's, or measured now)")
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('--json', 'print one JSON object')
+    .action((opts: { config: string; json?: boolean }) => attestShow(opts, enforceIo));
+  attest
+    .command('now')
+    .description('measure again and ask the controller for a verdict now (needs the running agent)')
+    .requiredOption('-c, --config <file>', 'agent config file')
+    .option('--as <name>', 'operator name recorded in the audit event (default $SUDO_USER or $USER)')
+    .action((opts: { config: string; as?: string }) => attestNow(opts, enforceIo));
+  const enforce = program.command('enforce').description('micro-segmentation: the policy in force on this gateway and its nftables ruleset');
   const asOption = ['--as <name>', 'operator name recorded in the audit event (default $SUDO_USER or $USER)'] as const;
   enforce
     .command('status')

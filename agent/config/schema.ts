@@ -206,6 +206,16 @@ export const agentConfigSchema = z
         maxEventsPerReport: 50,
         proxyPorts: { from: 15_020, to: 15_519 },
       }),
+    /** Self-attestation (DESIGN.md §2): which TPM quotes the evidence. */
+    attestation: z
+      .strictObject({
+        /**
+         * `auto`: the board's TPM if it has one (`device:/dev/tpmrm0`), else software evidence; `off`: software
+         * evidence only; or a tpm2-tools TCTI (`swtpm:host=127.0.0.1,port=2321` for a software TPM).
+         */
+        tpm: z.union([z.literal('auto'), z.literal('off'), z.string().regex(/^(device|swtpm|mssim|tabrmd):[^\s]*$/)]).default('auto'),
+      })
+      .default({ tpm: 'auto' }),
     log: z
       .strictObject({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -1,5 +1,6 @@
 import { chmod, rm } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import type { AgentAttestation } from '../attest/service.js';
 import { describeError, ErrorCodes, WardError } from '../core/errors.js';
 import type { EnforceService } from '../enforce/service.js';
 import type { Logger } from '../log.js';
@@ -15,6 +16,8 @@ export interface LocalControlOptions {
   readonly path: string;
   readonly enforce: EnforceService;
   readonly log: Logger;
+  /** The attestation of the current link (none while unprovisioned). */
+  readonly attestation?: () => AgentAttestation | undefined;
 }
 
 type Params = Record<string, unknown>;
@@ -83,6 +86,13 @@ export class LocalControl {
     switch (method) {
       case 'ping':
         return { pong: true };
+      case 'attest.show':
+      case 'attest.now': {
+        const a = this.#o.attestation?.();
+        if (!a) throw new WardError(ErrorCodes.ATTEST_UNAVAILABLE, 'this agent has no link to a controller yet (unprovisioned): nothing attests');
+        const changed = method === 'attest.now' ? await a.reportNow(actor) : undefined;
+        return { trust: a.attester.trust, aggregate: a.attester.aggregate, log: a.attester.log, ...(changed ? { changed } : {}) };
+      }
       case 'enforce.status':
         return e.status();
       case 'enforce.diff':

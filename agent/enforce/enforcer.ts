@@ -50,7 +50,11 @@ export interface EnforcerOptions {
   readonly proxyPorts?: { readonly from: number; readonly to: number };
   /** The started protocol plugins' proxies, by protocol key (asked at each change: plugins start after the enforcer opens). */
   readonly proxies?: () => Readonly<Record<string, ProtocolProxy>>;
+  /** The gateway's attested trust state at start, when no active record says otherwise (flows may depend on it). */
+  readonly trust?: TrustLevel;
 }
+
+export type TrustLevel = 'active' | 'degraded' | 'quarantined';
 
 /** The plan's steered destinations as each protocol proxy's route table. */
 export function proxyRoutes(plan: Plan | undefined, keep: (st: Plan['steered'][number]) => boolean = () => true): Map<string, ProxyRoute[]> {
@@ -86,6 +90,8 @@ const activeRecord = z.strictObject({
   safeScript: z.string().optional(),
   /** Listen port of each proxied destination (SteerPlan.key → port): the next policy keeps them (plan.ts). */
   proxyPorts: z.record(z.string(), z.number().int()).optional(),
+  /** The attested trust state the script was compiled for. */
+  trust: z.enum(['active', 'degraded', 'quarantined']).optional(),
 });
 export type ActiveRecord = z.infer<typeof activeRecord>;
 
@@ -145,6 +151,7 @@ export class Enforcer {
   #plan: Plan | undefined;
   #learn: LearnRecord | undefined;
   #failsafe = false;
+  #trust: TrustLevel = 'active';
   /** Runs before a ruleset replaces the one in force (which empties its sets): the flow monitor reads them one last time. */
   beforeReplace: (() => Promise<void>) | undefined;
   /** One kernel change at a time: the controller, the CLI socket and the fail-safe timer may all ask at once. */
@@ -162,6 +169,7 @@ export class Enforcer {
     const learn = await readJsonFile(join(options.dir, FILES.learn));
     e.#learn = learn === undefined ? undefined : learnRecord.safeParse(learn).data;
     e.#failsafe = (await readJsonFile(join(options.dir, FILES.failsafe))) !== undefined;
+    e.#trust = e.#active?.trust ?? options.trust ?? 'active';
     if (e.#active) e.#plan = e.#planFor(e.#activeValidated(), e.#active.version, { safe: e.#failsafe });
     return e;
   }
@@ -212,6 +220,7 @@ export class Enforcer {
       version,
       safe: opts.safe ?? false,
       learn: opts.learn ?? this.learning !== undefined,
+      trust: this.#trust,
       ...(this.#o.proxyPorts ? { proxyPorts: { ...this.#o.proxyPorts, ...(assigned ? { assigned } : {}) } } : {}),
     });
   }
@@ -330,6 +339,7 @@ export class Enforcer {
       script: ruleset.script,
       ...(safePlan ? { safeScript: renderRuleset(safePlan).script } : {}),
       ...(plan.steered.length > 0 ? { proxyPorts: proxyAssignment(plan) } : {}),
+      ...(this.#trust !== 'active' ? { trust: this.#trust } : {}),
     };
     await this.#persist(record, request.rotate !== false);
     this.#plan = ruleset.plan;
@@ -553,6 +563,41 @@ export class Enforcer {
       this.#o.log.warn({ version: this.#active.version, reason }, 'enforcement restored from disk');
       return 'reapplied';
     });
+  }
+
+  get trust(): TrustLevel {
+    return this.#trust;
+  }
+
+  /**
+   * The controller's attestation verdict changed the gateway's trust state: the active policy is compiled again
+   * for it (flows whose `trust` excludes it drop out; quarantined with `safe` flows: only those). Not a new step
+   * to roll back to.
+   */
+  async setTrust(level: TrustLevel, actor: string, reason: string): Promise<boolean> {
+    if (level === this.#trust) return false;
+    const from = this.#trust;
+    this.#trust = level;
+    this.#o.audit.record({
+      category: 'access-control',
+      actor,
+      action: 'enforce.trust-change',
+      target: 'nftables',
+      outcome: 'success',
+      details: { from, to: level, reason, version: this.#active?.version ?? null },
+    });
+    const active = this.#active;
+    if (!active) return true;
+    await this.apply({
+      validated: this.#activeValidated(),
+      version: active.version,
+      source: active.source,
+      actor,
+      ...(active.envelope !== undefined ? { envelope: active.envelope } : {}),
+      force: true,
+      rotate: false,
+    });
+    return true;
   }
 
   /** Hands the plan in force to the protocol proxies again (they start after the enforcer has restored the kernel). */

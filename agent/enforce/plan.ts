@@ -47,6 +47,11 @@ export interface PlanOptions {
   /** Record every new connection per chain for `ward enforce propose`. */
   readonly learn?: boolean;
   /**
+   * The gateway's attested trust state: only flows whose `trust` includes it are compiled; when quarantined and the
+   * policy names `safe` flows, only those (the gateway drops to its safe policy). Default active.
+   */
+  readonly trust?: 'active' | 'degraded' | 'quarantined';
+  /**
    * Gateway ports the protocol proxies may listen on (routed mode): flows with
    * `ops` are redirected there instead of being allowed in their pair chain.
    * Without it those flows are left out (denied) and named in `unsteered`.
@@ -129,6 +134,7 @@ export interface Plan {
   readonly unzonedMode: Mode;
   readonly safe: boolean;
   readonly learn: boolean;
+  readonly trust: 'active' | 'degraded' | 'quarantined';
   readonly warnings: readonly string[];
   /** Where the policy places addresses (assets and zone subnets), for judging tracked connections. */
   readonly addressZones: readonly { readonly cidr: Cidr; readonly zone: number }[];
@@ -195,13 +201,15 @@ export function buildPlan(validated: ValidatedPolicy, options: PlanOptions): Pla
     chains.set('routed', { plan: { name: 'routed', kind: 'pair', from: UNZONED, to: UNZONED, mode: strict }, rules: [] });
   }
 
-  const kept = options.safe ? new Set(policy.safe) : undefined;
+  const trust = options.trust ?? 'active';
+  const kept = options.safe || (trust === 'quarantined' && policy.safe.length > 0) ? new Set(policy.safe) : undefined;
   // Deny flows first: validation guarantees no deny overlaps an allow, so order only decides which counter a packet hits.
   const ordered = [...policy.flows.filter((f) => f.action === 'deny'), ...policy.flows.filter((f) => f.action === 'allow')];
   const steers = new Map<string, { protocol: string; zone: ZonePlan; target: { address: string; port: number }; grants: SteerPlan['grants'][number][] }>();
   const unsteered: { flow: string; reason: string }[] = [];
   for (const flow of ordered) {
     if (kept && !kept.has(flow.id)) continue;
+    if (flow.trust && !flow.trust.includes(trust)) continue;
     const resolved = resolveFlow(flow, policyZones, assets, roles);
     const services = portRanges(flow.services);
     const ops = flow.ops ? Object.entries(flow.ops)[0] : undefined;
@@ -293,6 +301,7 @@ export function buildPlan(validated: ValidatedPolicy, options: PlanOptions): Pla
     ],
     safe: options.safe === true,
     learn: options.learn === true,
+    trust,
     warnings,
     steered,
     unsteered: dedupeUnsteered(unsteered),

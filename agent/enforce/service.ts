@@ -11,7 +11,7 @@ import { POLICY_MAX_BYTES, POLICY_MAX_LIFETIME_SECONDS, POLICY_TYPE, type Policy
 import { checkPolicy, parsePolicyText, type ValidationContext } from '../shared/policy/model.js';
 import { CONTROLLER_PRINCIPAL } from '../shared/rpc.js';
 import { readJsonFile, writeFileAtomic } from '../state/files.js';
-import { type ApplyResult, Enforcer, type EnforceStatus, type ManagementRequirement } from './enforcer.js';
+import { type ApplyResult, Enforcer, type EnforceStatus, type ManagementRequirement, type TrustLevel } from './enforcer.js';
 import { FlowMonitor } from './flows.js';
 import { Nft } from './nft.js';
 import type { Binding } from './plan.js';
@@ -45,6 +45,8 @@ export interface EnforceServiceOptions {
   readonly context?: ValidationContext;
   /** The started protocol plugins' proxies (flows with `ops` are steered to them). */
   readonly proxies?: () => Readonly<Record<string, ProtocolProxy>>;
+  /** The gateway's attested trust state at start (flows may depend on it). */
+  readonly trust?: TrustLevel;
 }
 
 const IFNAME = /^[A-Za-z0-9_.:@-]{1,15}$/;
@@ -106,6 +108,7 @@ export class EnforceService {
       context,
       ...(o.config.proxyPorts ? { proxyPorts: o.config.proxyPorts } : {}),
       ...(o.proxies ? { proxies: o.proxies } : {}),
+      ...(o.trust ? { trust: o.trust } : {}),
     });
     return new EnforceService({ ...o, context }, nft, enforcer);
   }

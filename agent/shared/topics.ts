@@ -28,6 +28,8 @@ export const topics = {
   auditReceipt: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/audit/receipt`,
   /** The signed segmentation policy, controller → agent, retained (QoS 1). */
   policy: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/policy`,
+  /** Agent → controller: its measurements changed; challenge me now (signed, QoS 1). */
+  attestNotify: (deviceId: string) => `${TOPIC_ROOT}/${assertDeviceId(deviceId)}/attest/notify`,
 } as const;
 
 /**
@@ -66,6 +68,7 @@ export const filters = {
   enrollRequests: `${ENROLL_ROOT}/+/req`,
   renewRequests: `${TOPIC_ROOT}/+/renew/req`,
   allAudit: `${TOPIC_ROOT}/+/audit`,
+  allAttestNotify: `${TOPIC_ROOT}/+/attest/notify`,
   repliesFor: (replicaId: string) => `${TOPIC_ROOT}/+/reply/${assertDeviceId(replicaId)}`,
 } as const;
 

@@ -110,3 +110,22 @@ export interface ScanInput {
 }
 
 export const MAX_SCAN_LENGTH = 4096;
+
+/**
+ * The TPM operations attestation needs (hardware/tpm implements them with tpm2-tools; the TCTI says which TPM:
+ * `device:/dev/tpmrm0` on a gateway, `swtpm:host=127.0.0.1,port=P` in tests). Digests and PCR values are sha256.
+ */
+export interface AttestationTpm {
+  /** The attestation key (created under the endorsement key on first use, kept in the TPM) and the EK it is bound to. */
+  identity(): Promise<{ readonly akPublicPem: string; readonly akName: string; readonly ekPublicPem: string }>;
+  resetPcr(index: number): Promise<void>;
+  extendPcr(index: number, digest: Buffer): Promise<void>;
+  readPcrs(indexes: readonly number[]): Promise<Record<number, string>>;
+  /** TPM2_Quote over `pcrs` with `qualifier` as extraData, signed by the attestation key. */
+  quote(qualifier: Buffer, pcrs: readonly number[]): Promise<{ readonly attest: Buffer; readonly signature: Buffer; readonly pcrs: Record<number, string> }>;
+  /**
+   * TPM2_ActivateCredential: recovers the verifier's secret from a credential made for this EK and AK name (the
+   * tpm2_makecredential output file), proving the AK lives in the same TPM as the EK.
+   */
+  activateCredential(credential: Buffer): Promise<Buffer>;
+}

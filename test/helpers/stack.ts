@@ -7,6 +7,7 @@ import { pino } from 'pino';
 import YAML from 'yaml';
 import { validateConfig } from '../../agent/config/load.js';
 import type { AgentConfigInput } from '../../agent/config/schema.js';
+import type { AuditSink } from '../../agent/core/audit.js';
 import { loadOrCreateSigningKey } from '../../agent/identity/keystore.js';
 import type { SigningKey } from '../../agent/shared/keys.js';
 import { type ControllerConfigInput, controllerConfigSchema } from '../../controller/config.js';
@@ -44,6 +45,8 @@ export async function startTestController(
     sharedGroup?: string | null;
     tcpPort?: number;
     store?: DeviceStore;
+    attestation?: ControllerConfigInput['attestation'];
+    audit?: AuditSink;
   },
 ): Promise<Controller> {
   const input: ControllerConfigInput = {
@@ -55,11 +58,13 @@ export async function startTestController(
     api: { host: '127.0.0.1', port: 0 },
     devices: options.devices.map((d) => ({ id: d.id, publicKey: d.key.publicRaw })),
     rpc: { timeoutMs: 5_000 },
+    ...(options.attestation ? { attestation: options.attestation } : {}),
   };
   const controller = await startController({
     config: validateConfig(input, '(test)', controllerConfigSchema),
     logger: testLogger(),
     ...(options.store ? { store: options.store } : {}),
+    ...(options.audit ? { audit: options.audit } : {}),
   });
   // close() is idempotent: a test may close early (to restart it) and the teardown is then a no-op.
   t.teardown(() => controller.close());

@@ -80,6 +80,15 @@ const flowSchema = z.strictObject({
   services: z.array(service).min(1).max(64),
   /** Protocol operations (`modbus: [read]`), enforced by a plugin's proxy. */
   ops: z.record(z.string(), z.array(z.string()).max(64)).optional(),
+  /**
+   * The gateway trust states (attestation) in which the flow applies; default all. `[active]` on a write flow and
+   * a read-only twin for `[active, degraded]` make a suspect gateway fall back to reads instead of cutting the line.
+   */
+  trust: z
+    .array(z.enum(['active', 'degraded', 'quarantined']))
+    .min(1)
+    .max(3)
+    .optional(),
   comment,
 });
 

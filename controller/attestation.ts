@@ -1,0 +1,378 @@
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { NOTIFY_TYPE } from '../agent/attest/service.js';
+import type { AuditSink } from '../agent/core/audit.js';
+import { type Clock, systemClock } from '../agent/core/clock.js';
+import { describeError, ErrorCodes, WardError } from '../agent/core/errors.js';
+import type { Logger } from '../agent/log.js';
+import type { TrustState } from '../agent/shared/attest/evidence.js';
+import { EnvelopeVerifier, type KeyResolver, MemoryReplayCache } from '../agent/shared/envelope.js';
+import { isDeviceId } from '../agent/shared/topics.js';
+import { ensurePrivateDir, readJsonFile, writeFileAtomic } from '../agent/state/files.js';
+import { type Appraisal, appraise, baselineOf, type Finding } from './verifier.js';
+
+/**
+ * The Verifier's service (RFC 9334): challenges each online gateway on a
+ * schedule (and at once when it reports a change), appraises its evidence
+ * (verifier.ts), keeps the result, and tells the gateway its trust state:
+ * - pass → `active` (a quarantined gateway stays quarantined until an
+ *   operator approves its measurements: quarantine is never lifted by the
+ *   gateway's own say-so);
+ * - authentic evidence that shows a change, a bad quote, or a TPM gateway
+ *   answering without its TPM → `quarantined`;
+ * - no acceptable evidence for `staleAfterSeconds` → `degraded`.
+ * The first passing evidence of a gateway becomes its approved baseline
+ * (said in an audit event); an operator approves a new one after a planned
+ * change. Every transition is an audit event here, and the gateway records
+ * the verdict it receives.
+ *
+ * TPM gateways register their attestation key once: the controller makes a
+ * credential for the gateway's EK and AK name, and only a TPM holding both
+ * can recover its secret (TPM2_ActivateCredential). From then on the gateway
+ * must answer with quotes from that AK.
+ */
+export interface AttestationConfig {
+  readonly intervalSeconds: number;
+  readonly staleAfterSeconds: number;
+  /** sha256 of released executables (the build's dist/manifest.json lists them). */
+  readonly executables: readonly string[];
+  /** Build manifests to take executable references from (`targets.*.sha256`). */
+  readonly manifests: readonly string[];
+}
+
+export interface AttestationDeps {
+  readonly dir: string;
+  readonly config: AttestationConfig;
+  readonly keys: KeyResolver;
+  readonly call: (deviceId: string, method: string, params: Record<string, unknown>, timeoutMs?: number) => Promise<unknown>;
+  readonly onlineDevices: () => Promise<string[]>;
+  readonly policyDigest: (deviceId: string) => Promise<string | undefined>;
+  /** Verifier side of credential activation (tpm2_makecredential); absent: TPM gateways cannot register here. */
+  readonly makeCredential?: (input: { ekPublicPem: string; akName: string; secret: Buffer }) => Promise<Buffer>;
+  readonly audit: AuditSink;
+  readonly log: Logger;
+  readonly clock?: Clock;
+}
+
+const findingSchema = z.object({
+  check: z.string(),
+  message: z.string(),
+  name: z.string().optional(),
+  expected: z.string().optional(),
+  actual: z.string().optional(),
+});
+const recordSchema = z.object({
+  deviceId: z.string(),
+  state: z.enum(['attesting', 'active', 'degraded', 'quarantined']),
+  since: z.number(),
+  reasons: z.array(z.string()),
+  lastPassAt: z.number().optional(),
+  lastEvidenceAt: z.number().optional(),
+  trust: z.enum(['tpm', 'software']).optional(),
+  baseline: z.record(z.string(), z.string()).optional(),
+  baselineApprovedBy: z.string().optional(),
+  measurements: z.record(z.string(), z.string()).optional(),
+  claims: z.record(z.string(), z.unknown()).optional(),
+  ak: z.object({ publicPem: z.string(), akName: z.string(), ekPublicPem: z.string(), registeredAt: z.number() }).optional(),
+  software: z.boolean().optional(),
+  history: z.array(z.object({ at: z.number(), outcome: z.string(), state: z.string(), findings: z.array(findingSchema) })),
+});
+export type AttestationRecord = z.infer<typeof recordSchema>;
+
+const HISTORY = 20;
+
+export class AttestationService {
+  readonly #d: AttestationDeps;
+  readonly #clock: Clock;
+  readonly #outstanding = new Map<string, { value: string; issuedAt: number }>();
+  readonly #running = new Map<string, Promise<AttestationRecord>>();
+  #executables = new Set<string>();
+  #timer: NodeJS.Timeout | undefined;
+  readonly #notifyVerifier: EnvelopeVerifier;
+
+  constructor(deps: AttestationDeps) {
+    this.#d = deps;
+    this.#clock = deps.clock ?? systemClock;
+    this.#notifyVerifier = new EnvelopeVerifier({ keys: deps.keys, clock: this.#clock, replay: new MemoryReplayCache() });
+  }
+
+  async start(): Promise<void> {
+    await ensurePrivateDir(this.#d.dir);
+    this.#executables = new Set(this.#d.config.executables);
+    for (const file of this.#d.config.manifests) {
+      try {
+        const manifest = JSON.parse(await readFile(file, 'utf8')) as { targets?: Record<string, { sha256?: string }> };
+        for (const t of Object.values(manifest.targets ?? {})) if (t.sha256) this.#executables.add(t.sha256);
+      } catch (err) {
+        this.#d.log.error({ file, err: describeError(err) }, 'attestation: cannot read a release manifest; its executables are not reference values');
+      }
+    }
+    this.#timer = setInterval(
+      () => void this.sweep().catch((err) => this.#d.log.warn({ err: describeError(err) }, 'attestation sweep failed')),
+      this.#d.config.intervalSeconds * 1000,
+    );
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+
+  /** One round: challenge every online gateway, then mark those without fresh passing evidence degraded. */
+  async sweep(): Promise<void> {
+    const online = await this.#d.onlineDevices();
+    await Promise.all(online.map((id) => this.challenge(id, 'scheduled').catch(() => undefined)));
+    const now = this.#clock.now();
+    for (const id of online) {
+      const r = await this.get(id);
+      const last = r?.lastPassAt ?? r?.since ?? now;
+      if (r && r.state === 'active' && now - last > this.#d.config.staleAfterSeconds * 1000) {
+        await this.#transition(r, 'degraded', [`no passing evidence for ${Math.round((now - last) / 1000)} s`], 'controller');
+      }
+    }
+  }
+
+  async get(deviceId: string): Promise<AttestationRecord | undefined> {
+    if (!isDeviceId(deviceId)) return undefined;
+    const data = await readJsonFile(join(this.#d.dir, `${deviceId}.json`));
+    if (data === undefined) return undefined;
+    const parsed = recordSchema.safeParse(data);
+    return parsed.success ? parsed.data : undefined;
+  }
+
+  /** Challenges one gateway now (one at a time per gateway) and appraises its answer. */
+  challenge(deviceId: string, reason: string): Promise<AttestationRecord> {
+    const running = this.#running.get(deviceId);
+    if (running) return running;
+    const run = this.#challenge(deviceId, reason).finally(() => this.#running.delete(deviceId));
+    this.#running.set(deviceId, run);
+    return run;
+  }
+
+  async #challenge(deviceId: string, reason: string): Promise<AttestationRecord> {
+    let record = (await this.get(deviceId)) ?? this.#fresh(deviceId);
+    if (!record.ak && !record.software) record = await this.#register(record);
+    const value = randomBytes(24).toString('base64url');
+    this.#outstanding.set(deviceId, { value, issuedAt: this.#clock.now() });
+    let evidence: string;
+    try {
+      const result = (await this.#d.call(deviceId, 'attest', { challenge: value }, 20_000)) as { evidence?: unknown };
+      if (typeof result?.evidence !== 'string') throw new WardError(ErrorCodes.ATTEST_EVIDENCE_INVALID, 'the answer carries no evidence');
+      evidence = result.evidence;
+    } catch (err) {
+      this.#outstanding.delete(deviceId);
+      this.#d.log.warn({ deviceId, reason, err: describeError(err) }, 'attestation: no evidence');
+      return this.#recordAppraisal(record, { outcome: 'rejected', findings: [{ check: 'format', message: `no evidence: ${describeError(err)}` }] }, reason);
+    }
+    return this.appraiseEvidence(deviceId, evidence, reason);
+  }
+
+  /** Appraises evidence against the outstanding challenge (which it uses up) and records the result. */
+  async appraiseEvidence(deviceId: string, evidence: string, reason = 'evidence'): Promise<AttestationRecord> {
+    const record = (await this.get(deviceId)) ?? this.#fresh(deviceId);
+    const challenge = this.#outstanding.get(deviceId);
+    // Single use: whatever the outcome, this challenge cannot be answered again.
+    this.#outstanding.delete(deviceId);
+    const appraisal = appraise({
+      deviceId,
+      evidence,
+      keys: this.#d.keys,
+      challenge,
+      now: this.#clock.now(),
+      ak: record.ak ? { publicPem: record.ak.publicPem } : undefined,
+      references: {
+        executables: this.#executables,
+        baseline: record.baseline,
+        policyDigest: await this.#d.policyDigest(deviceId),
+      },
+    });
+    return this.#recordAppraisal(record, appraisal, reason);
+  }
+
+  async #recordAppraisal(record: AttestationRecord, a: Appraisal, reason: string): Promise<AttestationRecord> {
+    const now = this.#clock.now();
+    let next: AttestationRecord = {
+      ...record,
+      history: [{ at: now, outcome: a.outcome, state: record.state, findings: a.findings.map(plainFinding) }, ...record.history].slice(0, HISTORY),
+    };
+    if (a.outcome === 'rejected') {
+      this.#d.audit.record({
+        category: 'request-error',
+        actor: record.deviceId,
+        action: 'attest.evidence-refused',
+        target: record.deviceId,
+        outcome: 'refused',
+        code: ErrorCodes.ATTEST_EVIDENCE_INVALID,
+        details: { reason, findings: a.findings.map(plainFinding) },
+      });
+      await this.#save(next);
+      return next;
+    }
+    next = {
+      ...next,
+      lastEvidenceAt: now,
+      ...(a.trust ? { trust: a.trust } : {}),
+      ...(a.measurements ? { measurements: a.measurements } : {}),
+      ...(a.claims ? { claims: a.claims } : {}),
+    };
+    if (a.outcome === 'pass') {
+      next = { ...next, lastPassAt: now };
+      if (!next.baseline && a.measurements) {
+        next = { ...next, baseline: baselineOf(a.measurements), baselineApprovedBy: 'first attestation' };
+        this.#d.audit.record({
+          category: 'configuration-change',
+          actor: 'controller',
+          action: 'attest.baseline',
+          target: record.deviceId,
+          outcome: 'success',
+          details: { by: 'first attestation', measurements: next.baseline },
+        });
+      }
+      if (next.state !== 'quarantined') return this.#transition(next, 'active', [], 'controller');
+      await this.#save(next);
+      return next;
+    }
+    return this.#transition(next, 'quarantined', a.findings.map(describeFinding), 'controller');
+  }
+
+  /** The gateway says its measurements changed (signed `attest/notify`): challenge it now rather than at the next round. */
+  async notified(deviceId: string, payload: Buffer): Promise<void> {
+    try {
+      const v = this.#notifyVerifier.verify<{ typ: string; iat: number; exp: number; changed?: unknown }>(payload, {
+        typ: NOTIFY_TYPE,
+        principal: deviceId,
+        subject: deviceId,
+      });
+      const changed = Array.isArray(v.payload.changed) ? v.payload.changed.slice(0, 32).map(String) : [];
+      await this.challenge(deviceId, `the gateway reported a change: ${changed.join(', ') || 'unspecified'}`);
+    } catch (err) {
+      this.#d.audit.record({
+        category: 'request-error',
+        actor: 'unknown',
+        action: 'attest.notify',
+        target: deviceId,
+        outcome: 'refused',
+        ...((err as { code?: string }).code !== undefined ? { code: (err as { code: string }).code } : {}),
+        details: { error: describeError(err) },
+      });
+    }
+  }
+
+  /** An operator accepts the gateway's current measurements (after a planned change) and lifts a quarantine. */
+  async approve(deviceId: string, actor: string): Promise<AttestationRecord> {
+    const record = await this.get(deviceId);
+    if (!record?.measurements) throw new WardError(ErrorCodes.ATTEST_NO_EVIDENCE, `no evidence from ${deviceId} to approve yet`);
+    const next: AttestationRecord = { ...record, baseline: baselineOf(record.measurements), baselineApprovedBy: actor };
+    this.#d.audit.record({
+      category: 'configuration-change',
+      actor,
+      action: 'attest.baseline',
+      target: deviceId,
+      outcome: 'success',
+      details: { by: actor, measurements: next.baseline, previousState: record.state },
+    });
+    await this.#transition(next, 'attesting', [`measurements approved by ${actor}`], actor);
+    return this.challenge(deviceId, 'approved');
+  }
+
+  async #transition(record: AttestationRecord, state: AttestationRecord['state'], reasons: string[], actor: string): Promise<AttestationRecord> {
+    const changed = record.state !== state;
+    const next: AttestationRecord = {
+      ...record,
+      state,
+      reasons: changed || state !== 'active' ? reasons : record.reasons,
+      since: changed ? this.#clock.now() : record.since,
+    };
+    await this.#save(next);
+    if (!changed) return next;
+    this.#d.audit.record({
+      category: state === 'quarantined' ? 'access-control' : 'control-system',
+      actor,
+      action: state === 'quarantined' ? 'attest.quarantine' : `attest.${state}`,
+      target: record.deviceId,
+      outcome: state === 'quarantined' || state === 'degraded' ? 'failure' : 'success',
+      ...(state === 'quarantined' ? { code: ErrorCodes.ATTEST_FAILED } : {}),
+      details: { from: record.state, to: state, reasons },
+    });
+    this.#d.log.warn({ deviceId: record.deviceId, from: record.state, to: state, reasons }, 'attestation state changed');
+    await this.#d
+      .call(record.deviceId, 'attest.verdict', { state, reasons: reasons.slice(0, 64).map((r) => r.slice(0, 512)), verifiedAt: this.#clock.now() })
+      .catch((err) =>
+        this.#d.log.warn({ deviceId: record.deviceId, err: describeError(err) }, 'the gateway did not take its verdict; it is sent again on the next change'),
+      );
+    return next;
+  }
+
+  /**
+   * First contact: ask the gateway whether it has a TPM; if so, bind its attestation key to its endorsement key
+   * by credential activation before any of its quotes is believed.
+   */
+  async #register(record: AttestationRecord): Promise<AttestationRecord> {
+    const id = (await this.#d.call(record.deviceId, 'attest.identity', {}, 20_000).catch(() => undefined)) as
+      | { tpm?: boolean; akPublicPem?: string; akName?: string; ekPublicPem?: string }
+      | undefined;
+    if (id === undefined) return record;
+    if (!id.tpm || !id.akPublicPem || !id.akName || !id.ekPublicPem) {
+      const next = { ...record, software: true };
+      await this.#save(next);
+      return next;
+    }
+    const finding = (message: string): Promise<AttestationRecord> =>
+      this.#transition({ ...record }, 'quarantined', [`attestation key registration: ${message}`], 'controller');
+    if (!this.#d.makeCredential) return finding('this controller cannot make TPM credentials (tpm2-tools missing)');
+    const secret = randomBytes(32);
+    let credential: Buffer;
+    try {
+      credential = await this.#d.makeCredential({ ekPublicPem: id.ekPublicPem, akName: id.akName, secret });
+    } catch (err) {
+      return finding(`cannot make a credential for the reported EK and AK: ${describeError(err)}`);
+    }
+    const answer = (await this.#d
+      .call(record.deviceId, 'attest.activate', { credential: credential.toString('base64') }, 20_000)
+      .catch((err) => ({ error: describeError(err) }))) as {
+      secret?: string;
+      error?: string;
+    };
+    if (answer.secret === undefined || !Buffer.from(answer.secret, 'base64').equals(secret)) {
+      return finding(
+        `the gateway could not recover the credential's secret: its AK is not in the TPM of the EK it reported${answer.error ? ` (${answer.error})` : ''}`,
+      );
+    }
+    const next: AttestationRecord = {
+      ...record,
+      ak: { publicPem: id.akPublicPem, akName: id.akName, ekPublicPem: id.ekPublicPem, registeredAt: this.#clock.now() },
+    };
+    this.#d.audit.record({
+      category: 'configuration-change',
+      actor: 'controller',
+      action: 'attest.ak-registered',
+      target: record.deviceId,
+      outcome: 'success',
+      details: { akName: id.akName },
+    });
+    await this.#save(next);
+    return next;
+  }
+
+  #fresh(deviceId: string): AttestationRecord {
+    return { deviceId, state: 'attesting', since: this.#clock.now(), reasons: [], history: [] };
+  }
+
+  async #save(record: AttestationRecord): Promise<void> {
+    await writeFileAtomic(join(this.#d.dir, `${record.deviceId}.json`), `${JSON.stringify(record)}\n`);
+  }
+}
+
+function plainFinding(f: Finding): z.infer<typeof findingSchema> {
+  return { ...f };
+}
+
+export function describeFinding(f: Finding): string {
+  const digests =
+    f.expected !== undefined || f.actual !== undefined ? ` (expected ${f.expected?.slice(0, 16) ?? '-'}…, got ${f.actual?.slice(0, 16) ?? '-'}…)` : '';
+  return `${f.check}: ${f.message}${digests}`;
+}
+
+export type { TrustState };
