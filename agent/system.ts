@@ -479,7 +479,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     if (previous) attestations.get(previous)?.stop();
     link = await linkFor(next);
     if (started && !stopping) {
-      await attestations.get(link)?.start();
+      void attestations.get(link)?.start();
       await link.start();
     }
   };
@@ -659,7 +659,8 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       await enforce.enforcer
         .syncProxies()
         .catch((err) => logger.error({ err: describeError(err) }, 'protocol proxies could not take the routes of the policy in force'));
-      if (link) await attestations.get(link)?.start();
+      // Not awaited: hashing a 100 MB binary takes seconds on a Pi (more under qemu); a challenge waits for it.
+      if (link) void attestations.get(link)?.start();
       await link?.start();
       if (link === undefined) watchController(false);
       if (hw.scanner) void consumeScans(hw.scanner).catch((err) => logger.warn({ err: describeError(err) }, 'scanner input ended'));

@@ -77,6 +77,8 @@ const recordSchema = z.object({
   claims: z.record(z.string(), z.unknown()).optional(),
   ak: z.object({ publicPem: z.string(), akName: z.string(), ekPublicPem: z.string(), registeredAt: z.number() }).optional(),
   software: z.boolean().optional(),
+  /** Set on the returned record only (not stored): this challenge stopped at a failed key registration. */
+  registrationFailed: z.boolean().optional(),
   history: z.array(z.object({ at: z.number(), outcome: z.string(), state: z.string(), findings: z.array(findingSchema) })),
 });
 export type AttestationRecord = z.infer<typeof recordSchema>;
@@ -153,7 +155,11 @@ export class AttestationService {
 
   async #challenge(deviceId: string, reason: string): Promise<AttestationRecord> {
     let record = (await this.get(deviceId)) ?? this.#fresh(deviceId);
-    if (!record.ak && !record.software) record = await this.#register(record);
+    if (!record.ak && !record.software) {
+      record = await this.#register(record);
+      // A TPM gateway whose key could not be bound to its TPM: no quote of it means anything; quarantined as is.
+      if (record.registrationFailed) return record;
+    }
     const value = randomBytes(24).toString('base64url');
     this.#outstanding.set(deviceId, { value, issuedAt: this.#clock.now() });
     let evidence: string;
@@ -319,8 +325,10 @@ export class AttestationService {
       await this.#save(next);
       return next;
     }
-    const finding = (message: string): Promise<AttestationRecord> =>
-      this.#transition({ ...record }, 'quarantined', [`attestation key registration: ${message}`], 'controller');
+    const finding = async (message: string): Promise<AttestationRecord> => ({
+      ...(await this.#transition({ ...record }, 'quarantined', [`attestation key registration: ${message}`], 'controller')),
+      registrationFailed: true,
+    });
     if (!this.#d.makeCredential) return finding('this controller cannot make TPM credentials (tpm2-tools missing)');
     const secret = randomBytes(32);
     let credential: Buffer;

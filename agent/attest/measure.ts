@@ -33,7 +33,10 @@ export interface MeasureSources {
   readonly executable?: string;
 }
 
-const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The repository a from-source agent runs from; only asked when not the single binary (whose CJS bundle has no import.meta.url). */
+function repoRoot(): string {
+  return join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+}
 /** Source folders a from-source agent loads code from. */
 const SOURCE_DIRS = ['agent', 'plugins', 'hardware'];
 const SOURCE_FILE = /\.(ts|mts|mjs|js|json)$/;
@@ -56,6 +59,7 @@ export function isSingleBinary(): boolean {
 }
 
 async function sourceTreeDigest(): Promise<string> {
+  const REPO_ROOT = repoRoot();
   const files: string[] = [];
   const walk = async (dir: string): Promise<void> => {
     for (const entry of await readdir(dir, { withFileTypes: true })) {
