@@ -82,7 +82,7 @@ if [ -z "$reuse" ]; then
 mmdebstrap \
   --mode=root --architectures=arm64 --variant=minbase \
   --components=main,non-free-firmware \
-  --include=systemd,systemd-sysv,systemd-timesyncd,udev,dbus,kmod,nftables,conntrack,iproute2,procps,tpm2-tools,e2fsprogs,ca-certificates,linux-image-arm64,initramfs-tools,zstd \
+  --include=systemd,systemd-sysv,systemd-timesyncd,udev,dbus,kmod,nftables,conntrack,iproute2,procps,tpm2-tools,libtss2-tcti-device0,tpm-udev,e2fsprogs,ca-certificates,linux-image-arm64,initramfs-tools,zstd \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
   --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && echo "COMPRESS=zstd" > "$1/etc/initramfs-tools/conf.d/compress"' \
