@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { type FSWatcher, watch } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { currentMeasurements, type Measurement, measurementKey } from '../shared/attest/evidence.js';
@@ -45,9 +45,22 @@ export function sha256(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
+/**
+ * Digests by file identity and change time: a challenge every minute must not re-hash a 100 MB binary on a Pi
+ * (about a second of CPU there). Any write, rename over or metadata change moves ctime, which a process cannot
+ * set back without changing the system clock; inotify (watchFiles) re-measures on change anyway.
+ */
+const digestCache = new Map<string, { key: string; digest: string }>();
+
 async function fileDigest(path: string): Promise<string> {
   try {
-    return sha256(await readFile(path));
+    const st = await stat(path, { bigint: true });
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    const cached = digestCache.get(path);
+    if (cached?.key === key) return cached.digest;
+    const digest = sha256(await readFile(path));
+    digestCache.set(path, { key, digest });
+    return digest;
   } catch (err) {
     return sha256(`unreadable: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   }
