@@ -157,3 +157,25 @@ test('an agent whose fleet root is missing or tampered exits 78 (restarting cann
   t.is(await tampered.exited, 78);
   t.regex(tampered.output(), /WARD_FLEET_ROOT_THRESHOLD|WARD_FLEET_ROOT_INVALID/);
 });
+
+test('ward attest show measures the files without an agent; a changed config byte changes its line and the aggregate; attest now needs the agent', async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, 'agent.yaml');
+  await writeFile(file, `stateDir: ${join(dir, 'state')}\nhardware: { statusLed: none, watchdog: none }\nattestation: { tpm: off }\n`);
+  const first = spawnWard(t, ['attest', 'show', '-c', file]);
+  t.is(await first.exited, 0, first.output());
+  t.regex(first.output(), /trust level: not running \(no agent running: measured the files now\)/);
+  t.regex(first.output(), new RegExp(`config\\s+[0-9a-f]{16}…  ${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`));
+  t.regex(first.output(), /executable\s+[0-9a-f]{16}… {2}source/);
+  await writeFile(file, `stateDir: ${join(dir, 'state')}\nhardware: { statusLed: none, watchdog: none }\nattestation: { tpm: off }\n `);
+  const second = spawnWard(t, ['attest', 'show', '-c', file, '--json']);
+  t.is(await second.exited, 0, second.output());
+  const a = /aggregate: ([0-9a-f]{64})/.exec(first.output())?.[1];
+  t.truthy(a);
+  const b = JSON.parse(second.output()) as { aggregate: string; log: { kind: string; sha256: string }[] };
+  t.not(b.aggregate, a, 'one more byte in the config, another aggregate');
+  t.is(b.log.length, 3, 'executable, config, policy (no plugins, no trust anchors configured)');
+  const now = spawnWard(t, ['attest', 'now', '-c', file]);
+  t.is(await now.exited, 1);
+  t.regex(now.output(), /WARD_ATTEST_UNAVAILABLE: no agent is running/);
+});
