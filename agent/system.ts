@@ -279,6 +279,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   };
   const shippers = new WeakMap<ControlLink, AuditShipper>();
   const attestations = new WeakMap<ControlLink, AgentAttestation>();
+  let lastVerdictAt = 0;
   const bootId = deps.bootId ?? readBootIdSync();
   const tpm = deps.tpm === null ? undefined : (deps.tpm ?? tpmFor(config.attestation.tpm, board, join(config.stateDir, 'tpm')));
   const linkFor = (id: LoadedIdentity) =>
@@ -393,6 +394,11 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       claims: () => ({ bootId, wardVersion: WARD_VERSION, lifecycle: lifecycle.state }),
       publish: (t, p, o) => link.publish(t, p, o),
       onVerdict: async (v) => {
+        // Verdicts can cross on the wire (a re-sent one after a newer one): only a newer verdict counts.
+        if (v.verifiedAt < lastVerdictAt) return lifecycle.state;
+        lastVerdictAt = v.verifiedAt;
+        // Out of quarantine only through an operator's approval at the controller, which ends in a passing verdict.
+        if (v.state === 'active' && lifecycle.state === 'quarantined') await advance('reattest', 'controller: measurements approved');
         const event: LifecycleEvent =
           v.state === 'active'
             ? lifecycle.state === 'degraded'

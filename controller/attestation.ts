@@ -8,6 +8,7 @@ import { type Clock, systemClock } from '../agent/core/clock.js';
 import { describeError, ErrorCodes, WardError } from '../agent/core/errors.js';
 import type { Logger } from '../agent/log.js';
 import type { TrustState } from '../agent/shared/attest/evidence.js';
+import { parseAkPublic } from '../agent/shared/attest/quote.js';
 import { EnvelopeVerifier, type KeyResolver, MemoryReplayCache } from '../agent/shared/envelope.js';
 import { isDeviceId } from '../agent/shared/topics.js';
 import { ensurePrivateDir, readJsonFile, writeFileAtomic } from '../agent/state/files.js';
@@ -77,8 +78,11 @@ const recordSchema = z.object({
   claims: z.record(z.string(), z.unknown()).optional(),
   ak: z.object({ publicPem: z.string(), akName: z.string(), ekPublicPem: z.string(), registeredAt: z.number() }).optional(),
   software: z.boolean().optional(),
+  policySeen: z.object({ digest: z.string(), since: z.number() }).optional(),
+  policyPrevious: z.object({ digest: z.string(), until: z.number() }).optional(),
   /** Set on the returned record only (not stored): this challenge stopped at a failed key registration. */
   registrationFailed: z.boolean().optional(),
+  unanswered: z.boolean().optional(),
   history: z.array(z.object({ at: z.number(), outcome: z.string(), state: z.string(), findings: z.array(findingSchema) })),
 });
 export type AttestationRecord = z.infer<typeof recordSchema>;
@@ -90,6 +94,7 @@ export class AttestationService {
   readonly #clock: Clock;
   readonly #outstanding = new Map<string, { value: string; issuedAt: number }>();
   readonly #running = new Map<string, Promise<AttestationRecord>>();
+  readonly #locks = new Map<string, Promise<unknown>>();
   #executables = new Set<string>();
   #timer: NodeJS.Timeout | undefined;
   readonly #notifyVerifier: EnvelopeVerifier;
@@ -128,7 +133,7 @@ export class AttestationService {
     await Promise.all(online.map((id) => this.challenge(id, 'scheduled').catch(() => undefined)));
     const now = this.#clock.now();
     for (const id of online) {
-      const r = await this.get(id);
+      const r = await this.get(id).catch(() => undefined);
       const last = r?.lastPassAt ?? r?.since ?? now;
       if (r && r.state === 'active' && now - last > this.#d.config.staleAfterSeconds * 1000) {
         await this.#transition(r, 'degraded', [`no passing evidence for ${Math.round((now - last) / 1000)} s`], 'controller');
@@ -141,22 +146,44 @@ export class AttestationService {
     const data = await readJsonFile(join(this.#d.dir, `${deviceId}.json`));
     if (data === undefined) return undefined;
     const parsed = recordSchema.safeParse(data);
-    return parsed.success ? parsed.data : undefined;
+    // Never "a new device" for a record that does not read: that would lift a quarantine and trust anew.
+    if (!parsed.success) throw new WardError(ErrorCodes.ATTEST_FAILED, `attestation record of ${deviceId} is corrupt: ${parsed.error.issues[0]?.message}`);
+    return parsed.data;
   }
 
   /** Challenges one gateway now (one at a time per gateway) and appraises its answer. */
   challenge(deviceId: string, reason: string): Promise<AttestationRecord> {
     const running = this.#running.get(deviceId);
     if (running) return running;
-    const run = this.#challenge(deviceId, reason).finally(() => this.#running.delete(deviceId));
+    const run = this.#exclusive(deviceId, () => this.#challenge(deviceId, reason)).finally(() => this.#running.delete(deviceId));
     this.#running.set(deviceId, run);
+    return run;
+  }
+
+  /** One change of a device's record at a time (challenges and approvals read, then write it). */
+  #exclusive<T>(deviceId: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.#locks.get(deviceId) ?? Promise.resolve();
+    const run = before.then(fn, fn);
+    const tail = run.catch(() => undefined);
+    this.#locks.set(deviceId, tail);
+    void tail.then(() => {
+      if (this.#locks.get(deviceId) === tail) this.#locks.delete(deviceId);
+    });
     return run;
   }
 
   async #challenge(deviceId: string, reason: string): Promise<AttestationRecord> {
     let record = (await this.get(deviceId)) ?? this.#fresh(deviceId);
-    if (!record.ak && !record.software) {
+    if (!record.ak) {
+      // Asked every round until an AK is registered: a gateway may gain a TPM (never the reverse once registered).
       record = await this.#register(record);
+      if (record.unanswered) {
+        return this.#recordAppraisal(
+          record,
+          { outcome: 'rejected', findings: [{ check: 'format', message: 'the gateway did not say whether it has a TPM' }] },
+          reason,
+        );
+      }
       // A TPM gateway whose key could not be bound to its TPM: no quote of it means anything; quarantined as is.
       if (record.registrationFailed) return record;
     }
@@ -177,8 +204,21 @@ export class AttestationService {
 
   /** Appraises evidence against the outstanding challenge (which it uses up) and records the result. */
   async appraiseEvidence(deviceId: string, evidence: string, reason = 'evidence'): Promise<AttestationRecord> {
-    const record = (await this.get(deviceId)) ?? this.#fresh(deviceId);
+    let record = (await this.get(deviceId)) ?? this.#fresh(deviceId);
     const challenge = this.#outstanding.get(deviceId);
+    // The policy the controller signed last, and the one before for a while: the newest may still be on its way.
+    const now = this.#clock.now();
+    const published = await this.#d.policyDigest(deviceId);
+    if (published !== undefined && record.policySeen?.digest !== published) {
+      record = {
+        ...record,
+        policySeen: { digest: published, since: now },
+        ...(record.policySeen ? { policyPrevious: { digest: record.policySeen.digest, until: now + this.#d.config.staleAfterSeconds * 1000 } } : {}),
+      };
+    }
+    const policyDigests = new Set<string>();
+    if (published !== undefined) policyDigests.add(published);
+    if (record.policyPrevious && record.policyPrevious.until > now) policyDigests.add(record.policyPrevious.digest);
     // Single use: whatever the outcome, this challenge cannot be answered again.
     this.#outstanding.delete(deviceId);
     const appraisal = appraise({
@@ -191,7 +231,7 @@ export class AttestationService {
       references: {
         executables: this.#executables,
         baseline: record.baseline,
-        policyDigest: await this.#d.policyDigest(deviceId),
+        policyDigests,
       },
     });
     return this.#recordAppraisal(record, appraisal, reason);
@@ -201,7 +241,7 @@ export class AttestationService {
     const now = this.#clock.now();
     let next: AttestationRecord = {
       ...record,
-      history: [{ at: now, outcome: a.outcome, state: record.state, findings: a.findings.map(plainFinding) }, ...record.history].slice(0, HISTORY),
+      history: [{ at: now, outcome: a.outcome, state: record.state, findings: a.findings.slice(0, 64).map(plainFinding) }, ...record.history].slice(0, HISTORY),
     };
     if (a.outcome === 'rejected') {
       this.#d.audit.record({
@@ -236,11 +276,10 @@ export class AttestationService {
           details: { by: 'first attestation', measurements: next.baseline },
         });
       }
-      if (next.state !== 'quarantined') return this.#transition(next, 'active', [], 'controller');
-      await this.#save(next);
-      return next;
+      const stay = next.state === 'quarantined';
+      return this.#transition(next, stay ? 'quarantined' : 'active', stay ? next.reasons : [], 'controller', a.claims?.lifecycle);
     }
-    return this.#transition(next, 'quarantined', a.findings.map(describeFinding), 'controller');
+    return this.#transition(next, 'quarantined', a.findings.map(describeFinding), 'controller', a.claims?.lifecycle);
   }
 
   /** The gateway says its measurements changed (signed `attest/notify`): challenge it now rather than at the next round. */
@@ -267,7 +306,11 @@ export class AttestationService {
   }
 
   /** An operator accepts the gateway's current measurements (after a planned change) and lifts a quarantine. */
-  async approve(deviceId: string, actor: string): Promise<AttestationRecord> {
+  approve(deviceId: string, actor: string): Promise<AttestationRecord> {
+    return this.#exclusive(deviceId, () => this.#approve(deviceId, actor));
+  }
+
+  async #approve(deviceId: string, actor: string): Promise<AttestationRecord> {
     const record = await this.get(deviceId);
     if (!record?.measurements) throw new WardError(ErrorCodes.ATTEST_NO_EVIDENCE, `no evidence from ${deviceId} to approve yet`);
     const next: AttestationRecord = { ...record, baseline: baselineOf(record.measurements), baselineApprovedBy: actor };
@@ -279,12 +322,20 @@ export class AttestationService {
       outcome: 'success',
       details: { by: actor, measurements: next.baseline, previousState: record.state },
     });
-    await this.#transition(next, 'attesting', [`measurements approved by ${actor}`], actor);
-    return this.challenge(deviceId, 'approved');
+    // Not told to the gateway yet: it leaves quarantine when the evidence against the new baseline passes.
+    await this.#save({ ...next, state: record.state === 'quarantined' ? 'attesting' : record.state, reasons: [`measurements approved by ${actor}`] });
+    return this.#challenge(deviceId, 'approved');
   }
 
-  async #transition(record: AttestationRecord, state: AttestationRecord['state'], reasons: string[], actor: string): Promise<AttestationRecord> {
+  async #transition(
+    record: AttestationRecord,
+    state: AttestationRecord['state'],
+    reasons: string[],
+    actor: string,
+    gatewayLifecycle?: string,
+  ): Promise<AttestationRecord> {
     const changed = record.state !== state;
+    reasons = reasons.slice(0, 64);
     const next: AttestationRecord = {
       ...record,
       state,
@@ -292,7 +343,11 @@ export class AttestationService {
       since: changed ? this.#clock.now() : record.since,
     };
     await this.#save(next);
-    if (!changed) return next;
+    // A verdict lost on the way is sent again: whenever the gateway's own state (in its evidence) differs.
+    if (!changed) {
+      if (gatewayLifecycle !== undefined && gatewayLifecycle !== state) await this.#sendVerdict(next, state, reasons);
+      return next;
+    }
     this.#d.audit.record({
       category: state === 'quarantined' ? 'access-control' : 'control-system',
       actor,
@@ -303,12 +358,19 @@ export class AttestationService {
       details: { from: record.state, to: state, reasons },
     });
     this.#d.log.warn({ deviceId: record.deviceId, from: record.state, to: state, reasons }, 'attestation state changed');
+    await this.#sendVerdict(next, state, reasons);
+    return next;
+  }
+
+  async #sendVerdict(record: AttestationRecord, state: AttestationRecord['state'], reasons: readonly string[]): Promise<void> {
     await this.#d
       .call(record.deviceId, 'attest.verdict', { state, reasons: reasons.slice(0, 64).map((r) => r.slice(0, 512)), verifiedAt: this.#clock.now() })
       .catch((err) =>
-        this.#d.log.warn({ deviceId: record.deviceId, err: describeError(err) }, 'the gateway did not take its verdict; it is sent again on the next change'),
+        this.#d.log.warn(
+          { deviceId: record.deviceId, err: describeError(err) },
+          'the gateway did not take its verdict; it is sent again after the next evidence',
+        ),
       );
-    return next;
   }
 
   /**
@@ -317,10 +379,12 @@ export class AttestationService {
    */
   async #register(record: AttestationRecord): Promise<AttestationRecord> {
     const id = (await this.#d.call(record.deviceId, 'attest.identity', {}, 20_000).catch(() => undefined)) as
-      | { tpm?: boolean; akPublicPem?: string; akName?: string; ekPublicPem?: string }
+      | { tpm?: boolean; akPublic?: string; ekPublicPem?: string }
       | undefined;
-    if (id === undefined) return record;
-    if (!id.tpm || !id.akPublicPem || !id.akName || !id.ekPublicPem) {
+    // No answer is not "no TPM": a TPM gateway must not become a software one because one call was lost.
+    if (id === undefined) return { ...record, registrationFailed: true, unanswered: true };
+    if (!id.tpm) {
+      if (record.software) return record;
       const next = { ...record, software: true };
       await this.#save(next);
       return next;
@@ -329,11 +393,15 @@ export class AttestationService {
       ...(await this.#transition({ ...record }, 'quarantined', [`attestation key registration: ${message}`], 'controller')),
       registrationFailed: true,
     });
+    if (typeof id.akPublic !== 'string' || typeof id.ekPublicPem !== 'string') return finding('the gateway reports a TPM but not its attestation key');
+    // The key and its name come from the TPM's own description of the AK, never from a PEM the gateway could pair with any name.
+    const ak = parseAkPublic(Buffer.from(id.akPublic, 'base64'));
+    if (typeof ak === 'string') return finding(ak);
     if (!this.#d.makeCredential) return finding('this controller cannot make TPM credentials (tpm2-tools missing)');
     const secret = randomBytes(32);
     let credential: Buffer;
     try {
-      credential = await this.#d.makeCredential({ ekPublicPem: id.ekPublicPem, akName: id.akName, secret });
+      credential = await this.#d.makeCredential({ ekPublicPem: id.ekPublicPem, akName: ak.name, secret });
     } catch (err) {
       return finding(`cannot make a credential for the reported EK and AK: ${describeError(err)}`);
     }
@@ -350,7 +418,8 @@ export class AttestationService {
     }
     const next: AttestationRecord = {
       ...record,
-      ak: { publicPem: id.akPublicPem, akName: id.akName, ekPublicPem: id.ekPublicPem, registeredAt: this.#clock.now() },
+      software: false,
+      ak: { publicPem: ak.publicPem, akName: ak.name, ekPublicPem: id.ekPublicPem, registeredAt: this.#clock.now() },
     };
     this.#d.audit.record({
       category: 'configuration-change',
@@ -358,7 +427,7 @@ export class AttestationService {
       action: 'attest.ak-registered',
       target: record.deviceId,
       outcome: 'success',
-      details: { akName: id.akName },
+      details: { akName: ak.name },
     });
     await this.#save(next);
     return next;
@@ -369,7 +438,8 @@ export class AttestationService {
   }
 
   async #save(record: AttestationRecord): Promise<void> {
-    await writeFileAtomic(join(this.#d.dir, `${record.deviceId}.json`), `${JSON.stringify(record)}\n`);
+    const { registrationFailed: _f, unanswered: _u, ...stored } = record;
+    await writeFileAtomic(join(this.#d.dir, `${record.deviceId}.json`), `${JSON.stringify(stored)}\n`);
   }
 }
 

@@ -69,8 +69,11 @@ export interface ReferenceValues {
   readonly executables: ReadonlySet<string>;
   /** The device's approved measurements (`kind:name` → sha256), from its first passing evidence or an operator's approval. */
   readonly baseline: Readonly<Record<string, string>> | undefined;
-  /** Digest of the policy the controller last signed for this device, if any. */
-  readonly policyDigest: string | undefined;
+  /**
+   * Digests of the policies the controller signed for this device that it may be running: the latest, and the one
+   * before while the latest is still on its way. Empty: the controller signed none, the approved baseline decides.
+   */
+  readonly policyDigests: ReadonlySet<string>;
 }
 
 export interface AppraisalInput {
@@ -137,9 +140,31 @@ export function appraise(input: AppraisalInput): Appraisal {
   if (payload.trust === 'tpm') findings.push(...checkQuote(payload, input.ak, aggregate));
 
   const current = currentMeasurements(payload.log);
+  for (const kind of ['executable', 'policy'] as const) {
+    const n = [...current.values()].filter((m) => m.kind === kind).length;
+    if (n !== 1) findings.push({ check: 'log', message: `the log has ${n} ${kind} measurements; exactly one is expected` });
+  }
   findings.push(...checkReferences(current, input.references));
   const measurements: Record<string, string> = {};
   for (const [k, m] of current) measurements[k] = m.sha256;
+  // With a TPM the boot chain (firmware, boot loader, kernel on a measured-boot board) is part of what is approved.
+  if (payload.trust === 'tpm' && payload.tpm && !findings.some((f) => f.check === 'quote')) {
+    for (const i of BOOT_PCRS) {
+      const v = payload.tpm.pcrs[String(i)];
+      if (v === undefined) continue;
+      measurements[`boot-pcr:${i}`] = v;
+      const approved = input.references.baseline?.[`boot-pcr:${i}`];
+      if (approved !== undefined && approved !== v) {
+        findings.push({
+          check: 'quote',
+          name: `PCR ${i}`,
+          message: `boot PCR ${i} changed since it was approved (firmware, boot loader or kernel)`,
+          expected: approved,
+          actual: v,
+        });
+      }
+    }
+  }
   return {
     outcome: findings.length === 0 ? 'pass' : 'fail',
     findings,
@@ -191,13 +216,13 @@ function checkReferences(current: ReadonlyMap<string, Measurement>, refs: Refere
       }
       continue;
     }
-    if (m.kind === 'policy' && refs.policyDigest !== undefined) {
-      if (m.sha256 !== refs.policyDigest) {
+    if (m.kind === 'policy' && refs.policyDigests.size > 0) {
+      if (!refs.policyDigests.has(m.sha256)) {
         findings.push({
           check: 'policy',
           name: m.name,
           message: 'the active policy on the gateway is not the one the controller signed for it',
-          expected: refs.policyDigest,
+          expected: [...refs.policyDigests][0] as string,
           actual: m.sha256,
         });
       }
@@ -213,7 +238,12 @@ function checkReferences(current: ReadonlyMap<string, Measurement>, refs: Refere
   }
   if (baseline) {
     for (const key of Object.keys(baseline)) {
-      if (!current.has(key) && !key.startsWith('policy:') && !key.startsWith('executable:')) {
+      if (
+        !current.has(key) &&
+        !key.startsWith('boot-pcr:') &&
+        !(key.startsWith('policy:') && refs.policyDigests.size > 0) &&
+        !(key.startsWith('executable:') && refs.executables.size > 0)
+      ) {
         const [kind, ...name] = key.split(':');
         findings.push({ check: kind as Finding['check'], name: name.join(':'), message: `${key} was approved but is no longer measured` });
       }
@@ -222,11 +252,13 @@ function checkReferences(current: ReadonlyMap<string, Measurement>, refs: Refere
   return findings;
 }
 
-/** The approvable part of the measurements: everything except the policy (the controller's own signature covers that). */
+/**
+ * What an approval (or the first passing evidence) fixes as the device's baseline: every measurement, boot PCRs
+ * included. The policy entry counts only while the controller has signed no policy for the device (a policy an
+ * operator applied at the gateway is then approved like a config).
+ */
 export function baselineOf(measurements: Readonly<Record<string, string>>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(measurements)) if (!k.startsWith('policy:')) out[k] = v;
-  return out;
+  return { ...measurements };
 }
 
 /** Short digest for logs and the console. */

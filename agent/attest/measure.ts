@@ -46,20 +46,25 @@ export function sha256(data: Buffer | string): string {
 }
 
 /**
- * Digests by file identity and change time: a challenge every minute must not re-hash a 100 MB binary on a Pi
- * (about a second of CPU there). Any write, rename over or metadata change moves ctime, which a process cannot
- * set back without changing the system clock; inotify (watchFiles) re-measures on change anyway.
+ * Large files (the binary) are not re-hashed at every challenge: a 100 MB binary costs about a second of CPU on
+ * a Pi. Their digest is kept while the file's identity and times are unchanged, for at most MAX_CACHE_MS: writes
+ * through a shared mapping may leave the times alone, so the cache only shortens the window, never closes it.
+ * Small files (config, state, trust anchors) are hashed every time.
  */
-const digestCache = new Map<string, { key: string; digest: string }>();
+const digestCache = new Map<string, { key: string; digest: string; at: number }>();
+const CACHE_MIN_BYTES = 1024 * 1024;
+const MAX_CACHE_MS = 10 * 60_000;
 
 async function fileDigest(path: string): Promise<string> {
   try {
     const st = await stat(path, { bigint: true });
+    if (st.size < BigInt(CACHE_MIN_BYTES)) return sha256(await readFile(path));
     const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
     const cached = digestCache.get(path);
-    if (cached?.key === key) return cached.digest;
+    const now = Date.now();
+    if (cached?.key === key && now - cached.at < MAX_CACHE_MS) return cached.digest;
     const digest = sha256(await readFile(path));
-    digestCache.set(path, { key, digest });
+    digestCache.set(path, { key, digest, at: now });
     return digest;
   } catch (err) {
     return sha256(`unreadable: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);

@@ -72,7 +72,7 @@ export function renderRuleset(plan: Plan): Ruleset {
   if (bridge) renderBridge(plan, emit(out), out);
   const definitions = out.join('\n');
   const digest = createHash('sha256').update(definitions).digest('hex');
-  const tag = `ward policy=${plan.policy} version=${plan.version} digest=${digest.slice(0, 16)} mode=${plan.binding.mode}${plan.safe ? ' safe' : ''}${plan.learn ? ' learn' : ''}${plan.trust !== 'active' ? ` trust=${plan.trust}` : ''}`;
+  const tag = `ward policy=${plan.policy} version=${plan.version} digest=${digest.slice(0, 16)} mode=${plan.binding.mode}${plan.safe ? ' safe' : ''}${plan.learn ? ' learn' : ''}`;
   const header = [
     '#!/usr/sbin/nft -f',
     `# Ward ruleset for policy "${plan.policy}" version ${plan.version} (${plan.binding.mode} mode). Generated; do not edit.`,

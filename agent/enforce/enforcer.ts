@@ -544,8 +544,26 @@ export class Enforcer {
    */
   async restore(): Promise<'none' | 'kept' | 'reapplied'> {
     return this.#serial(async () => {
-      const script = this.#inForce();
+      let script = this.#inForce();
       if (!this.#active || script === undefined) return 'none';
+      // The state file is not trusted to hold what the policy compiles to: a ruleset edited on disk (`policy
+      // accept` in a chain) would otherwise be loaded at every boot while the policy digest still attests fine.
+      try {
+        const compiled = renderRuleset(this.#plan ?? this.#planFor(this.#activeValidated(), this.#active.version, { safe: this.#failsafe })).script;
+        if (compiled !== script) {
+          this.#record(
+            'enforce.stored-ruleset-mismatch',
+            'failure',
+            'ward-agent',
+            { version: this.#active.version, file: FILES.active, reason: "edited on disk, or this gateway's ports changed" },
+            ErrorCodes.ENFORCE_CHECK_FAILED,
+          );
+          this.#o.log.error({ version: this.#active.version }, 'the ruleset on disk is not what the active policy compiles to: loading the compiled one');
+          script = compiled;
+        }
+      } catch (err) {
+        this.#o.log.warn({ err: describeError(err) }, 'could not recompile the active policy to check the stored ruleset');
+      }
       // The proxies start empty with the agent: they serve what the kernel redirects, kept or re-applied.
       // A proxy that cannot listen must not keep the rules out of the kernel: its flows then fail closed (refused).
       await this.#steer(this.#plan, 'after').catch((err) => {
@@ -588,15 +606,27 @@ export class Enforcer {
     });
     const active = this.#active;
     if (!active) return true;
-    await this.apply({
-      validated: this.#activeValidated(),
-      version: active.version,
-      source: active.source,
-      actor,
-      ...(active.envelope !== undefined ? { envelope: active.envelope } : {}),
-      force: true,
-      rotate: false,
-    });
+    const script = renderRuleset(this.#planFor(this.#activeValidated(), active.version)).script;
+    if (!this.#failsafe && script === active.script) {
+      // No flow depends on the new state: the kernel keeps its rules (and its counters), only the record follows.
+      await this.#serial(() => this.#persist({ ...active, ...(level !== 'active' ? { trust: level } : { trust: undefined }) } as ActiveRecord, false));
+      return true;
+    }
+    try {
+      await this.apply({
+        validated: this.#activeValidated(),
+        version: active.version,
+        source: active.source,
+        actor,
+        ...(active.envelope !== undefined ? { envelope: active.envelope } : {}),
+        force: true,
+        rotate: false,
+      });
+    } catch (err) {
+      // The kernel still holds the rules for `from`: say so, so the next verdict tries again.
+      this.#trust = from;
+      throw err;
+    }
     return true;
   }
 

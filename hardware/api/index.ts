@@ -117,7 +117,12 @@ export const MAX_SCAN_LENGTH = 4096;
  */
 export interface AttestationTpm {
   /** The attestation key (created under the endorsement key on first use, kept in the TPM) and the EK it is bound to. */
-  identity(): Promise<{ readonly akPublicPem: string; readonly akName: string; readonly ekPublicPem: string }>;
+  identity(): Promise<{
+    readonly akPublicPem: string;
+    readonly akName: string;
+    readonly ekPublicPem: string /** TPM2B_PUBLIC, base64. */;
+    readonly akPublic: string;
+  }>;
   resetPcr(index: number): Promise<void>;
   extendPcr(index: number, digest: Buffer): Promise<void>;
   readPcrs(indexes: readonly number[]): Promise<Record<number, string>>;

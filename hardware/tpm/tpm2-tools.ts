@@ -95,6 +95,8 @@ export interface TpmIdentity {
   /** The AK's TPM name, hex: 000b (sha256) followed by sha256(TPMT_PUBLIC). */
   readonly akName: string;
   readonly ekPublicPem: string;
+  /** TPM2B_PUBLIC of the AK, base64. */
+  readonly akPublic: string;
 }
 
 /**
@@ -250,14 +252,21 @@ export class Tpm2ToolsTpm implements AttestationTpm {
     if (akAttributes === undefined || (akAttributes & need) !== need || akAttributes & DECRYPT) {
       throw commandFailed('tpm2_readpublic', `the object at ${this.#ak} is not an attestation key (restricted fixedTPM signing key)`, ak.stdout);
     }
-    for (const name of ['ek.pub', 'ek.pem', 'ak.pub', 'ak.priv', 'ak.pem', 'ak.name']) {
+    // The public area as the TPM holds it (TPM2B_PUBLIC): the verifier derives the key and the name from it.
+    await this.#tool('tpm2_readpublic', ['-c', this.#ak, '-f', 'tss', '-o', file('ak.tpm2b')]);
+    for (const name of ['ek.pub', 'ek.pem', 'ak.pub', 'ak.priv', 'ak.pem', 'ak.name', 'ak.tpm2b']) {
       await chmod(file(name), 0o600).catch(() => {});
     }
-    const [akPublicPem, ekPublicPem, name] = await Promise.all([readFile(file('ak.pem'), 'utf8'), readFile(file('ek.pem'), 'utf8'), readFile(file('ak.name'))]);
+    const [akPublicPem, ekPublicPem, name, area] = await Promise.all([
+      readFile(file('ak.pem'), 'utf8'),
+      readFile(file('ek.pem'), 'utf8'),
+      readFile(file('ak.name')),
+      readFile(file('ak.tpm2b')),
+    ]);
     if (name.length !== 2 + SHA256_SIZE || name.readUInt16BE(0) !== 0x000b) {
       throw commandFailed('tpm2_readpublic', `the name of ${this.#ak} is not a sha256 name (${name.toString('hex')})`, '');
     }
-    return { akPublicPem, akName: name.toString('hex'), ekPublicPem };
+    return { akPublicPem, akName: name.toString('hex'), ekPublicPem, akPublic: area.toString('base64') };
   }
 
   /** Whether the TPM holds a persistent object at `handle`; any failure other than "no such handle" is thrown. */

@@ -39,6 +39,8 @@ test('fleet init → controller → enrollment QR (PNG) → ward provision → a
       broker: { embedded: { host: '127.0.0.1', tcpPort: mqttPort, wsPort: null } },
       api: { host: '127.0.0.1', port: apiPort },
       log: { level: 'warn' },
+      // This test is about enrollment: no attestation verdict halfway through (that is attest-stack.test.ts).
+      attestation: { intervalSeconds: 3600 },
     }),
   );
   const controller = spawnWard(t, ['controller', 'run', '-c', controllerYaml]);

@@ -1,3 +1,4 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
@@ -161,4 +162,54 @@ maybe('an attestation key that is not in the TPM of the reported EK fails regist
   t.is(r.state, 'quarantined');
   t.regex(r.reasons.join('\n'), /attestation key registration: the gateway could not recover the credential's secret/);
   t.is(r.ak, undefined);
+});
+
+/** A TPM2B_PUBLIC describing a software P-256 key with the attributes of a TPM attestation key. */
+function forgedAkArea(): Buffer {
+  const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const jwk = publicKey.export({ format: 'jwk' }) as { x: string; y: string };
+  const u16 = (n: number) => Buffer.from([n >> 8, n & 0xff]);
+  const sized = (b: Buffer) => Buffer.concat([u16(b.length), b]);
+  const area = Buffer.concat([
+    u16(0x0023), // ECC
+    u16(0x000b), // sha256 name
+    Buffer.from([0x00, 0x05, 0x00, 0x72]), // fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign
+    sized(Buffer.alloc(0)),
+    u16(0x0010), // no symmetric
+    u16(0x0018),
+    u16(0x000b), // ecdsa sha256
+    u16(0x0003), // P-256
+    u16(0x0010), // no kdf
+    sized(Buffer.from(jwk.x, 'base64url')),
+    sized(Buffer.from(jwk.y, 'base64url')),
+  ]);
+  return sized(area);
+}
+
+maybe('a software key dressed up as an attestation key cannot be registered: the name it implies is not in the TPM', async (t) => {
+  const s = await setup(t);
+  const real = await s.tpm.identity();
+  const liar: AttestationTpm = {
+    identity: async () => ({ ...real, akPublic: forgedAkArea().toString('base64') }),
+    resetPcr: (i) => s.tpm.resetPcr(i),
+    extendPcr: (i, d) => s.tpm.extendPcr(i, d),
+    readPcrs: (i) => s.tpm.readPcrs(i),
+    quote: (q, p) => s.tpm.quote(q, p),
+    activateCredential: (c) => s.tpm.activateCredential(c),
+  };
+  await s.swapAgent(liar);
+  const r = await s.service.challenge(DEVICE, 'register');
+  t.is(r.state, 'quarantined');
+  t.regex(r.reasons.join('\n'), /the gateway could not recover the credential's secret/);
+  t.is(r.ak, undefined);
+});
+
+maybe('a gateway that does not say whether it has a TPM is not taken for a software gateway', async (t) => {
+  const s = await setup(t);
+  s.agent().handlers.delete('attest.identity');
+  const r = await s.service.challenge(DEVICE, 'register');
+  t.is(r.state, 'attesting', 'no verdict from a missing answer');
+  t.is(r.software, undefined);
+  t.is(r.history[0]?.outcome, 'rejected');
+  t.regex(JSON.stringify(r.history[0]?.findings), /did not say whether it has a TPM/);
 });

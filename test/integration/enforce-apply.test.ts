@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'ava';
 import { Nft, type WardTables } from '../../agent/enforce/nft.js';
@@ -181,6 +181,28 @@ maybe('restart keeps the kernel rules; a reboot (empty kernel) or a hand edit is
   t.is(await kernelTag(nft), 'hand-made');
   t.is(await again.restore(), 'reapplied');
   t.is(await kernelTag(nft), applied.tag);
+});
+
+maybe('a ruleset edited in the state file is not loaded at boot: the policy is compiled again, and the edit is reported', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer, dir } = await openEnforcer(t, nft, routed);
+  const applied = await enforcer.apply({ validated: linePolicy(), version: 5, source: 'controller', actor: 'controller' });
+  // Someone with write access to the state folder turns every default drop into an accept (the policy, which
+  // attestation measures, is left as it was).
+  const file = join(dir, 'active.json');
+  const record = JSON.parse(await readFile(file, 'utf8')) as { script: string };
+  record.script = record.script.replaceAll(' counter drop comment "ward:default:', ' counter accept comment "ward:default:');
+  await writeFile(file, JSON.stringify(record));
+  await nft.deleteTables(); // a reboot
+  const { enforcer: again, audit } = await openEnforcer(t, nft, routed, { dir });
+  t.is(await again.restore(), 'reapplied');
+  t.is(await kernelTag(nft), applied.tag, 'the kernel holds what the policy compiles to');
+  t.notRegex(await nftText(ns, 'list', 'table', 'inet', 'ward'), /counter packets \d+ bytes \d+ accept comment "ward:default:pair_1_2"/);
+  t.like(
+    audit.events.find((e) => e.action === 'enforce.stored-ruleset-mismatch'),
+    { outcome: 'failure', code: 'WARD_ENFORCE_CHECK_FAILED' },
+  );
 });
 
 maybe("Ward's tables are the only ones it touches", async (t) => {

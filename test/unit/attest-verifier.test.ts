@@ -73,7 +73,7 @@ async function rig(t: ExecutionContext): Promise<Rig> {
     policyFile,
     executable,
     challenge: () => ({ value: `challenge-${String(++n).padStart(8, '0')}-abcdefgh`, issuedAt: now.value }),
-    refs: (extra = {}) => ({ executables: new Set(), baseline: undefined, policyDigest: policyDigest(policy), ...extra }),
+    refs: (extra = {}) => ({ executables: new Set(), baseline: undefined, policyDigests: new Set([policyDigest(policy)]), ...extra }),
     now,
   };
 }
@@ -139,7 +139,7 @@ test('a flipped byte in the executable fails against the released builds; the ac
     challenge: c,
     now: r.now.value,
     ak: undefined,
-    references: r.refs({ executables: new Set([released]), policyDigest: 'f'.repeat(64) }),
+    references: r.refs({ executables: new Set([released]), policyDigests: new Set(['f'.repeat(64)]) }),
   });
   t.is(a.outcome, 'fail');
   t.deepEqual(
@@ -235,4 +235,51 @@ test('a log that does not fold to its aggregate, and a TPM gateway answering in 
     a.findings.map((f) => f.check),
     ['log', 'trust-level'],
   );
+});
+
+test('a log without its executable or policy measurement fails, whatever the references', async (t) => {
+  const r = await rig(t);
+  const c = r.challenge();
+  const log = r.attester.log.filter((m) => m.kind !== 'policy');
+  const body = {
+    typ: EVIDENCE_TYPE,
+    sub: DEVICE,
+    challenge: c.value,
+    trust: 'software',
+    log,
+    aggregate: foldLog(log).toString('hex'),
+    claims: { bootId: 'b', uptimeSeconds: 1, wardVersion: '0.1.0', nodeVersion: 'v20', lifecycle: 'active' },
+  };
+  const evidence = encodeEnvelope(seal(r.key, body, { ttlSeconds: 60, clock: { now: () => r.now.value, monotonic: () => 0 } })).toString();
+  const a = appraise({ deviceId: DEVICE, evidence, keys: r.keys, challenge: c, now: r.now.value, ak: undefined, references: r.refs() });
+  t.is(a.outcome, 'fail');
+  t.regex(a.findings.map((f) => f.message).join('\n'), /the log has 0 policy measurements; exactly one is expected/);
+});
+
+test('while a newly signed policy is on its way, the previous one still passes; a policy the controller never signed does not', async (t) => {
+  const r = await rig(t);
+  const c = r.challenge();
+  const evidence = await r.attester.evidence(c.value);
+  const current = policyDigest(linePolicy().policy);
+  const both = appraise({
+    deviceId: DEVICE,
+    evidence,
+    keys: r.keys,
+    challenge: c,
+    now: r.now.value,
+    ak: undefined,
+    references: r.refs({ policyDigests: new Set(['e'.repeat(64), current]) }),
+  });
+  t.is(both.outcome, 'pass');
+  const c2 = r.challenge();
+  const other = appraise({
+    deviceId: DEVICE,
+    evidence: await r.attester.evidence(c2.value),
+    keys: r.keys,
+    challenge: c2,
+    now: r.now.value,
+    ak: undefined,
+    references: r.refs({ policyDigests: new Set(['e'.repeat(64)]) }),
+  });
+  t.is(other.outcome, 'fail');
 });

@@ -138,3 +138,53 @@ export function pcrDigestOf(pcrs: readonly number[], values: Readonly<Record<str
 export function isSha256Name(name: Buffer): boolean {
   return name.length === 34 && name.readUInt16BE(0) === TPM_ALG_SHA256;
 }
+
+const TPMA_FIXED_TPM = 0x2;
+const TPMA_FIXED_PARENT = 0x10;
+const TPMA_SENSITIVE_DATA_ORIGIN = 0x20;
+const TPMA_RESTRICTED = 0x10000;
+const TPMA_DECRYPT = 0x20000;
+const TPMA_SIGN = 0x40000;
+const TPM_ALG_ECC = 0x0023;
+const TPM_ALG_NULL = 0x0010;
+const CURVES: Readonly<Record<number, [string, number]>> = { 3: ['P-256', 32], 4: ['P-384', 48] };
+
+/**
+ * The attestation key as the TPM describes it (TPM2B_PUBLIC, Part 2 §12.2.5): its public key, and its name
+ * (nameAlg || H(TPMT_PUBLIC)), which is what credential activation proves is in the EK's TPM. The verifier
+ * derives both from these bytes, never from a PEM the gateway could pair with any name, and requires a
+ * restricted, fixedTPM, fixedParent signing key created inside the TPM.
+ */
+export function parseAkPublic(tpm2bPublic: Buffer): { publicPem: string; name: string } | string {
+  try {
+    const outer = new Reader(tpm2bPublic);
+    const area = outer.sized();
+    if (outer.at !== tpm2bPublic.length) return 'bytes after the TPM2B_PUBLIC';
+    const r = new Reader(area);
+    const type = r.u16();
+    const nameAlg = r.u16();
+    const attributes = r.u32();
+    r.sized(); // authPolicy
+    if (nameAlg !== TPM_ALG_SHA256) return `the attestation key's name algorithm 0x${nameAlg.toString(16)} is not sha256`;
+    const need = TPMA_FIXED_TPM | TPMA_FIXED_PARENT | TPMA_SENSITIVE_DATA_ORIGIN | TPMA_RESTRICTED | TPMA_SIGN;
+    if ((attributes & need) !== need || attributes & TPMA_DECRYPT) {
+      return `attributes 0x${attributes.toString(16)} are not those of an attestation key (restricted fixedTPM signing key made in the TPM)`;
+    }
+    if (type !== TPM_ALG_ECC) return `attestation key type 0x${type.toString(16)} is not supported (ECC P-256 or P-384)`;
+    if (r.u16() !== TPM_ALG_NULL) return 'a signing key has no symmetric algorithm';
+    const scheme = r.u16();
+    if (scheme !== TPM_ALG_NULL) r.u16();
+    const curve = CURVES[r.u16()];
+    if (!curve) return 'unsupported curve';
+    if (r.u16() !== TPM_ALG_NULL) r.u16(); // kdf
+    const pad = (b: Buffer) => Buffer.concat([Buffer.alloc(Math.max(0, curve[1] - b.length)), b]);
+    const x = pad(r.sized());
+    const y = pad(r.sized());
+    if (r.at !== area.length) return 'bytes after the public area';
+    const key = createPublicKey({ format: 'jwk', key: { kty: 'EC', crv: curve[0], x: x.toString('base64url'), y: y.toString('base64url') } });
+    const name = Buffer.concat([Buffer.from([0x00, 0x0b]), createHash('sha256').update(area).digest()]).toString('hex');
+    return { publicPem: key.export({ type: 'spki', format: 'pem' }).toString(), name };
+  } catch (err) {
+    return `malformed TPM2B_PUBLIC: ${(err as Error).message}`;
+  }
+}
