@@ -4,6 +4,7 @@ import fc from 'fast-check';
 import { AduFramer, type Request } from '../../plugins/modbus/frame.js';
 import { ModbusProxy } from '../../plugins/modbus/proxy.js';
 import { ModbusSimServer } from '../../plugins/modbus/server.js';
+import { freePort } from '../helpers/net.js';
 
 /**
  * The proxy under hostile input: property-based streams (valid requests mixed with garbage, truncated frames,
@@ -18,14 +19,6 @@ const ALLOWED_WRITES: readonly [number, number] = [100, 119];
 const u16 = (n: number) => [(n >> 8) & 0xff, n & 0xff];
 const adu = (tid: number, unit: number, pdu: readonly number[]) => Buffer.from([...u16(tid), 0, 0, ...u16(pdu.length + 1), unit, ...pdu]);
 const quiet = { error() {}, warn() {}, info() {}, debug() {} };
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
 
 /** Pieces a hostile stream is made of: each a well-formed request, or one of the ways a frame can be wrong. */
 const piece: fc.Arbitrary<{ kind: string; bytes: Buffer }> = fc.oneof(

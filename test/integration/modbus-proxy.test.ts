@@ -5,18 +5,11 @@ import type { PluginAuditEvent, ProxyRoute } from '../../plugins/api/index.js';
 import { AduFramer, type Request } from '../../plugins/modbus/frame.js';
 import { ModbusProxy } from '../../plugins/modbus/proxy.js';
 import { ModbusSimServer } from '../../plugins/modbus/server.js';
+import { freePort } from '../helpers/net.js';
 
 // A third-party client (jsmodbus) talks through Ward's proxy to the simulated PLC, all on loopback.
 
 const quiet = { error() {}, warn() {}, info() {}, debug() {} };
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
 
 interface Stack {
   plc: ModbusSimServer;
