@@ -79,6 +79,8 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
     broker: { embedded: { host: '127.0.0.1', tcpPort: options.mqttPort, wsPort: options.wsPort }, sharedGroup: null },
     api: { host: '127.0.0.1', port: options.apiPort },
     log: { level: options.logLevel as 'info' },
+    // Attested within seconds of starting (a plant would use minutes).
+    attestation: { intervalSeconds: 15, staleAfterSeconds: 60 },
   };
   const controllerConfig = validateConfig(controllerInput, '(ward dev)', controllerConfigSchema);
   const controllerLog = createLogger({ level: controllerConfig.log.level, name: 'ward-controller' });
@@ -107,6 +109,8 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
       state: { heartbeatSeconds: 60 },
       // A development stack never drives the host's LEDs or answers to its service manager.
       hardware: { statusLed: 'none', watchdog: 'none' },
+      // The development machine's own TPM (if any) is not the gateway's: software evidence, predictably.
+      attestation: { tpm: 'off' },
       log: { level: options.logLevel as 'info' },
       plugins: [
         { name: 'sim', config: { machine: 'press-1' } },
@@ -149,7 +153,12 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
         }
       });
     });
-    agent = await buildAgent({ config: agentConfig, logger: createLogger({ level: agentConfig.log.level, name: 'ward-agent' }), plugins: builtinPlugins });
+    agent = await buildAgent({
+      config: agentConfig,
+      configFile: join(dir, 'agent.yaml'),
+      logger: createLogger({ level: agentConfig.log.level, name: 'ward-agent' }),
+      plugins: builtinPlugins,
+    });
     await agent.start();
     if (agent.identity === undefined) {
       // The same path as a scan at the line: a one-time code, verified against the fleet root, then enrollment.
@@ -168,6 +177,7 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
       `  health         curl ${controller.apiUrl}/api/health`,
       `  ping agent     curl -X POST ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/ping`,
       `  audit trail    curl ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/audit   (verdict + verified events)`,
+      `  attestation    curl ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/attestation   (active within ~15 s)`,
       `  MQTT broker    ${controller.brokerUrl} (mutual TLS; enrollment tokens)`,
       `  Modbus PLC     127.0.0.1:${modbusPort} (simulated press; the agent polls its registers)`,
       `  machine data   curl -X POST ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/status   (plugins.modbus.latest)`,
