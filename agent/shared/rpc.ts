@@ -54,6 +54,9 @@ export class RpcClient {
       }, timeoutMs);
       this.#pending.set(corr, { deviceId, resolve, reject, timer });
     });
+    // close() or the timeout may reject while the publish below is still pending, before anyone awaits `result`:
+    // that must not surface as an unhandled rejection (it would end the process); the caller still sees it.
+    result.catch(() => undefined);
     try {
       // On MQTT 5 the broker also drops a command nobody fetched before it expires (3.3.2.3.3).
       await this.deps.publish(topics.cmd(deviceId), encodeEnvelope(envelope), { qos: 1, messageExpirySeconds: REQUEST_TTL_SECONDS });
