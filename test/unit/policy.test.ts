@@ -362,3 +362,26 @@ test('operations on traffic inside one zone are refused: it never passes the gat
   t.deepEqual(plan.unsteered, [{ flow: 'hmi-writes', reason: 'traffic inside zone "cell-a" does not pass the gateway, so its operations cannot be checked' }]);
   t.deepEqual(plan.steered, []);
 });
+
+test('writes only while attested active, reads while degraded, safe flows only in quarantine: the README example compiles so', (t) => {
+  const p = base();
+  p.flows = [
+    { id: 'eng-write', from: 'role:engineering', to: 'asset:press-plc', services: ['tcp/502'], ops: { modbus: ['read-write'] }, trust: ['active'] },
+    { id: 'eng-read', from: 'role:engineering', to: 'asset:press-plc', services: ['tcp/502'], ops: { modbus: ['read-only'] } },
+    { id: 'mgmt-ssh', from: 'zone:it', to: 'gateway', services: ['tcp/22'] },
+  ];
+  Object.assign(p, { safe: ['eng-read', 'mgmt-ssh'] });
+  const validated = checkPolicy(p, { protocols: { modbus: modbus.protocol as ProtocolOps } });
+  const grants = (trust: 'active' | 'degraded' | 'quarantined') =>
+    buildPlan(validated, { binding: routed, version: 1, proxyPorts: { from: 15020, to: 15029 }, trust }).steered.flatMap((s) =>
+      s.grants.map((g) => `${g.flow}:${g.ops.join('+')}`),
+    );
+  t.deepEqual(grants('active'), ['eng-write:read-write', 'eng-read:read-only']);
+  t.deepEqual(grants('degraded'), ['eng-read:read-only']);
+  t.deepEqual(grants('quarantined'), ['eng-read:read-only']);
+  const quarantined = buildPlan(validated, { binding: routed, version: 1, proxyPorts: { from: 15020, to: 15029 }, trust: 'quarantined' });
+  t.true(
+    quarantined.chains.some((c) => c.rules.some((r) => r.flow === 'mgmt-ssh')),
+    'management stays reachable',
+  );
+});
