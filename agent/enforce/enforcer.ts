@@ -613,15 +613,7 @@ export class Enforcer {
       return true;
     }
     try {
-      await this.apply({
-        validated: this.#activeValidated(),
-        version: active.version,
-        source: active.source,
-        actor,
-        ...(active.envelope !== undefined ? { envelope: active.envelope } : {}),
-        force: true,
-        rotate: false,
-      });
+      await this.#reapplyActive(active, actor, true);
     } catch (err) {
       // The kernel still holds the rules for `from`: say so, so the next verdict tries again.
       this.#trust = from;
@@ -674,6 +666,19 @@ export class Enforcer {
     });
   }
 
+  /** The active policy compiled again for the current learn and trust settings: not a new step to roll back to. */
+  #reapplyActive(active: ActiveRecord, actor: string, force: boolean): Promise<ApplyResult> {
+    return this.apply({
+      validated: this.#activeValidated(),
+      version: active.version,
+      source: active.source,
+      actor,
+      ...(active.envelope !== undefined ? { envelope: active.envelope } : {}),
+      force,
+      rotate: false,
+    });
+  }
+
   /** Learn mode: re-applies the active policy with per-chain sets recording every new connection until `until`. */
   async setLearning(untilMs: number | undefined, actor: string): Promise<LearnRecord | undefined> {
     if (!this.#active)
@@ -689,16 +694,7 @@ export class Enforcer {
       this.#learn = { since: this.#clock.now(), until: untilMs };
       await writeFileAtomic(file, `${JSON.stringify(this.#learn)}\n`);
     }
-    const active = this.#active;
-    await this.apply({
-      validated: this.#activeValidated(),
-      version: active.version,
-      source: active.source,
-      actor,
-      ...(active.envelope !== undefined ? { envelope: active.envelope } : {}),
-      force: active.forced,
-      rotate: false,
-    });
+    await this.#reapplyActive(this.#active, actor, this.#active.forced);
     this.#record('enforce.learn', 'success', actor, { until: untilMs ?? null, since: this.#learn?.since ?? null }, undefined);
     return this.#learn;
   }

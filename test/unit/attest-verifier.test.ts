@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { Attester } from '../../agent/attest/attester.js';
@@ -30,6 +30,12 @@ interface Rig {
   challenge(): { value: string; issuedAt: number };
   refs(extra?: Partial<ReferenceValues>): ReferenceValues;
   now: { value: number };
+}
+
+/** Fresh evidence for a new challenge, appraised against `refs` (the rig's defaults when absent). */
+async function appraiseNow(r: Rig, references = r.refs()) {
+  const c = r.challenge();
+  return appraise({ deviceId: DEVICE, evidence: await r.attester.evidence(c.value), keys: r.keys, challenge: c, now: r.now.value, ak: undefined, references });
 }
 
 async function rig(t: ExecutionContext): Promise<Rig> {
@@ -80,9 +86,7 @@ async function rig(t: ExecutionContext): Promise<Rig> {
 
 test('authentic software evidence passes, names its trust level, and its log folds to its aggregate', async (t) => {
   const r = await rig(t);
-  const challenge = r.challenge();
-  const evidence = await r.attester.evidence(challenge.value);
-  const a = appraise({ deviceId: DEVICE, evidence, keys: r.keys, challenge, now: r.now.value, ak: undefined, references: r.refs() });
+  const a = await appraiseNow(r);
   t.is(a.outcome, 'pass', JSON.stringify(a.findings));
   t.is(a.trust, 'software');
   t.deepEqual(Object.keys(a.measurements ?? {}).sort(), [
@@ -99,27 +103,9 @@ test('authentic software evidence passes, names its trust level, and its log fol
 
 test('one byte of the config changed on disk: the verdict fails and names the config, with both digests', async (t) => {
   const r = await rig(t);
-  const first = r.challenge();
-  const baseline = appraise({
-    deviceId: DEVICE,
-    evidence: await r.attester.evidence(first.value),
-    keys: r.keys,
-    challenge: first,
-    now: r.now.value,
-    ak: undefined,
-    references: r.refs(),
-  });
+  const baseline = await appraiseNow(r);
   await writeFile(r.configFile, 'stateDir: /var/lib/ward\nlog: { level: infO }\n');
-  const second = r.challenge();
-  const a = appraise({
-    deviceId: DEVICE,
-    evidence: await r.attester.evidence(second.value),
-    keys: r.keys,
-    challenge: second,
-    now: r.now.value,
-    ak: undefined,
-    references: r.refs({ baseline: baselineOf(baseline.measurements ?? {}) }),
-  });
+  const a = await appraiseNow(r, r.refs({ baseline: baselineOf(baseline.measurements ?? {}) }));
   t.is(a.outcome, 'fail');
   t.is(a.findings.length, 1);
   t.like(a.findings[0], { check: 'config', name: r.configFile, expected: baseline.measurements?.[`config:${r.configFile}`] });
@@ -131,16 +117,7 @@ test('a flipped byte in the executable fails against the released builds; the ac
   const r = await rig(t);
   const released = r.attester.log[0]?.sha256 as string;
   await writeFile(r.executable, Buffer.concat([Buffer.alloc(4095, 7), Buffer.from([8])]));
-  const c = r.challenge();
-  const a = appraise({
-    deviceId: DEVICE,
-    evidence: await r.attester.evidence(c.value),
-    keys: r.keys,
-    challenge: c,
-    now: r.now.value,
-    ak: undefined,
-    references: r.refs({ executables: new Set([released]), policyDigests: new Set(['f'.repeat(64)]) }),
-  });
+  const a = await appraiseNow(r, r.refs({ executables: new Set([released]), policyDigests: new Set(['f'.repeat(64)]) }));
   t.is(a.outcome, 'fail');
   t.deepEqual(
     a.findings.map((f) => f.check),
@@ -152,19 +129,10 @@ test('a flipped byte in the executable fails against the released builds; the ac
 
 test('a policy edited inside the enforcer state file is caught', async (t) => {
   const r = await rig(t);
-  const record = JSON.parse(await (await import('node:fs/promises')).readFile(r.policyFile, 'utf8')) as { policy: { mode: string } };
+  const record = JSON.parse(await readFile(r.policyFile, 'utf8')) as { policy: { mode: string } };
   record.policy.mode = 'observe';
   await writeFile(r.policyFile, JSON.stringify(record));
-  const c = r.challenge();
-  const a = appraise({
-    deviceId: DEVICE,
-    evidence: await r.attester.evidence(c.value),
-    keys: r.keys,
-    challenge: c,
-    now: r.now.value,
-    ak: undefined,
-    references: r.refs(),
-  });
+  const a = await appraiseNow(r);
   t.is(a.outcome, 'fail');
   t.is(a.findings[0]?.check, 'policy');
 });
@@ -258,28 +226,7 @@ test('a log without its executable or policy measurement fails, whatever the ref
 
 test('while a newly signed policy is on its way, the previous one still passes; a policy the controller never signed does not', async (t) => {
   const r = await rig(t);
-  const c = r.challenge();
-  const evidence = await r.attester.evidence(c.value);
   const current = policyDigest(linePolicy().policy);
-  const both = appraise({
-    deviceId: DEVICE,
-    evidence,
-    keys: r.keys,
-    challenge: c,
-    now: r.now.value,
-    ak: undefined,
-    references: r.refs({ policyDigests: new Set(['e'.repeat(64), current]) }),
-  });
-  t.is(both.outcome, 'pass');
-  const c2 = r.challenge();
-  const other = appraise({
-    deviceId: DEVICE,
-    evidence: await r.attester.evidence(c2.value),
-    keys: r.keys,
-    challenge: c2,
-    now: r.now.value,
-    ak: undefined,
-    references: r.refs({ policyDigests: new Set(['e'.repeat(64)]) }),
-  });
-  t.is(other.outcome, 'fail');
+  t.is((await appraiseNow(r, r.refs({ policyDigests: new Set(['e'.repeat(64), current]) }))).outcome, 'pass');
+  t.is((await appraiseNow(r, r.refs({ policyDigests: new Set(['e'.repeat(64)]) }))).outcome, 'fail');
 });
