@@ -1,5 +1,6 @@
 import type { AnyPluginDefinition, ProtocolDescription } from './api/index.js';
 import modbus from './modbus/index.js';
+import opcua from './opcua/index.js';
 import sim from './sim/index.js';
 
 /**
@@ -7,7 +8,7 @@ import sim from './sim/index.js';
  * dynamic import) so that the single binary bundles them all and a plugin
  * can only be added by a reviewed change here.
  */
-export const builtinPlugins: readonly AnyPluginDefinition[] = [modbus, sim];
+export const builtinPlugins: readonly AnyPluginDefinition[] = [modbus, opcua, sim];
 
 /**
  * The operation vocabularies of every built-in protocol plugin, by protocol key: what the controller (and

@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type {
   AnyPluginDefinition,
   PluginAudit,
@@ -10,6 +13,7 @@ import type {
 } from '../../plugins/api/index.js';
 import { PLUGIN_API_VERSION } from '../../plugins/api/index.js';
 import { describeError, ErrorCodes, WardError } from '../core/errors.js';
+import { ensurePrivateDir } from '../state/files.js';
 
 export interface PluginSelection {
   readonly name: string;
@@ -27,6 +31,12 @@ export interface PluginHostOptions {
   readonly audit?: PluginAudit;
   readonly startTimeoutMs?: number;
   readonly stopTimeoutMs?: number;
+  /**
+   * Each plugin's private directory (PluginContext.dataDir), created 0700 before its create(). The agent passes
+   * one under its state directory so plugin keys survive restarts; without it, each plugin gets a fresh folder
+   * under the OS temp directory that stop() removes (tests, tools).
+   */
+  readonly dataDir?: (pluginName: string) => string;
 }
 
 interface Loaded {
@@ -51,6 +61,8 @@ export class PluginHost {
   readonly #abort = new AbortController();
   readonly #startTimeout: number;
   readonly #stopTimeout: number;
+  /** The temporary root made when no dataDir option was given; removed by stop(). */
+  #tempRoot: string | undefined;
 
   constructor(private readonly options: PluginHostOptions) {
     this.#startTimeout = options.startTimeoutMs ?? 10_000;
@@ -125,6 +137,13 @@ export class PluginHost {
   async start(): Promise<void> {
     for (const { definition, config } of this.#order) {
       const name = definition.manifest.name;
+      let dataDir: string;
+      try {
+        dataDir = await this.#dataDir(name);
+      } catch (cause) {
+        await this.stop();
+        throw new WardError(ErrorCodes.PLUGIN_START_FAILED, `plugin '${name}' data directory: ${describeError(cause)}`, { cause, details: { plugin: name } });
+      }
       const instance = definition.create({
         deviceId: this.options.deviceId,
         config: config as Readonly<Record<string, unknown>>,
@@ -132,6 +151,7 @@ export class PluginHost {
         clock: this.options.clock,
         signal: this.#abort.signal,
         audit: this.options.audit ?? { record() {} },
+        dataDir,
       });
       const loaded: Loaded = { name, instance, started: false };
       this.#loaded.push(loaded);
@@ -161,7 +181,24 @@ export class PluginHost {
         failures.push({ plugin: loaded.name, error: describeError(err) });
       }
     }
+    if (this.#tempRoot !== undefined) {
+      const root = this.#tempRoot;
+      this.#tempRoot = undefined;
+      await rm(root, { recursive: true, force: true }).catch(() => {});
+    }
     return failures;
+  }
+
+  async #dataDir(name: string): Promise<string> {
+    let dir: string;
+    if (this.options.dataDir) dir = this.options.dataDir(name);
+    else {
+      // mkdtemp: a fresh, unpredictable 0700 folder, so another local user cannot plant files or links in it.
+      this.#tempRoot ??= await mkdtemp(join(tmpdir(), 'ward-plugins-'));
+      dir = join(this.#tempRoot, name);
+    }
+    await ensurePrivateDir(dir);
+    return dir;
   }
 
   status(): Record<string, Record<string, unknown>> {

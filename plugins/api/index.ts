@@ -51,6 +51,11 @@ export interface PluginContext<C> {
   readonly signal: AbortSignal;
   /** The agent's signed audit journal. Never throws, never waits: safe on a data path. */
   readonly audit: PluginAudit;
+  /**
+   * A private directory for this plugin's files (keys, certificates, caches), created with mode 0700 by the host
+   * before create() and kept across restarts when the agent gives a persistent one. No other plugin shares it.
+   */
+  readonly dataDir: string;
 }
 
 /** One audit event (the agent's AuditEventInput, restated here so plugins depend on this module alone). */
@@ -109,6 +114,9 @@ export interface ProxyGrant {
   readonly mode: 'observe' | 'enforce';
 }
 
+/** The wire type a value should be published as (Sparkplug B metric types); absent: inferred from the JS value. */
+export type TelemetryDataType = 'Boolean' | 'Int32' | 'Int64' | 'UInt32' | 'UInt64' | 'Float' | 'Double' | 'String';
+
 /**
  * One reading of a machine value, as a plugin's collector produced it. The
  * telemetry publisher (Sparkplug B) maps devices to Sparkplug devices and
@@ -125,6 +133,11 @@ export interface TelemetrySample {
   readonly timestamp: number;
   readonly unit?: string;
   readonly error?: string;
+  /**
+   * The source's own type, when the protocol says (OPC UA does; Modbus points know theirs from config). Without
+   * it a publisher sends numbers as Double. A 'bad' sample may carry it too, so a metric keeps its type.
+   */
+  readonly dataType?: TelemetryDataType;
 }
 
 /** A plugin's telemetry: listeners get every sample; the returned function unsubscribes. */

@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import test from 'ava';
 import { PLUGIN_API_VERSION, type PluginContext } from '../../plugins/api/index.js';
 import { builtinPlugins, builtinProtocols } from '../../plugins/index.js';
@@ -6,6 +9,8 @@ import { builtinPlugins, builtinProtocols } from '../../plugins/index.js';
 // rules as the first without anyone writing new agent code or new host tests for it.
 
 const quiet = { error() {}, warn() {}, info() {}, debug() {} };
+const dataRoot = mkdtempSync(join(tmpdir(), 'ward-contract-'));
+test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
 
 function context<C>(name: string, config: C): PluginContext<C> {
   return {
@@ -15,6 +20,7 @@ function context<C>(name: string, config: C): PluginContext<C> {
     clock: { now: () => Date.now(), monotonic: () => performance.now() },
     signal: new AbortController().signal,
     audit: { record() {} },
+    dataDir: mkdtempSync(join(dataRoot, `${name}-`)),
   };
 }
 

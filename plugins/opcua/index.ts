@@ -1,0 +1,128 @@
+import { join } from 'node:path';
+import { format } from 'node:util';
+import type { OPCUACertificateManager } from 'node-opcua-certificate-manager';
+import { definePlugin, PLUGIN_API_VERSION, type PluginLogger, type TelemetrySample } from '../api/index.js';
+import { ServerConnection, type Ua } from './client.js';
+import { configSchema } from './config.js';
+
+/**
+ * OPC UA: telemetry from machines' OPC UA servers (one session and one subscription per server, client.ts) with
+ * a security posture check of each server's endpoints (posture.ts). No enforcement proxy yet, so no `protocol`.
+ * See plugins/opcua/README.md.
+ *
+ * node-opcua is loaded on first use only: the client alone costs ~70 MB of RSS, which a gateway without OPC UA
+ * machines should not pay. Nothing here may touch it at module load (nor use import.meta.url: the single binary
+ * is a CommonJS bundle).
+ */
+
+/**
+ * node-opcua logs through process-wide functions straight to the console, which would break the agent's
+ * structured log. They are pointed at the plugin's logger while it runs (warnings at debug: this plugin reports
+ * what matters itself). Process-wide by nature: the last started instance wins, a stopped one drops the lines.
+ */
+function bridgeLogs(ua: Ua, log: PluginLogger, active: () => boolean): void {
+  const line = (args: unknown[]) => format(...args.slice(1)).slice(0, 2000);
+  ua.setWarningLogger((...args: unknown[]) => {
+    if (active()) log.debug({ source: 'node-opcua' }, line(args));
+  });
+  ua.setErrorLogger((...args: unknown[]) => {
+    if (active()) log.warn({ source: 'node-opcua' }, line(args));
+  });
+}
+
+export default definePlugin({
+  manifest: {
+    name: 'opcua',
+    version: '0.1.0',
+    api: PLUGIN_API_VERSION,
+    description: 'OPC UA: subscription telemetry from machine servers, with an endpoint security posture check',
+  },
+  configSchema,
+  create(ctx) {
+    const config = ctx.config;
+    const listeners = new Set<(s: TelemetrySample) => void>();
+    const latest = new Map<string, TelemetrySample>();
+    const connections: ServerConnection[] = [];
+    let certificateManager: OPCUACertificateManager | undefined;
+    let boot: Promise<void> | undefined;
+    let bootError: string | null = null;
+    let stopped = false;
+
+    const emit = (sample: TelemetrySample) => {
+      latest.set(`${sample.device}\u0000${sample.point}`, sample);
+      for (const l of listeners) {
+        try {
+          l(sample);
+        } catch (err) {
+          ctx.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'a telemetry listener failed');
+        }
+      }
+    };
+
+    /** Loads node-opcua and starts every connection; runs in the background so start() never waits on it. */
+    const load = async () => {
+      const [ua, { OPCUACertificateManager }] = await Promise.all([import('node-opcua-client'), import('node-opcua-certificate-manager')]);
+      if (stopped) return;
+      bridgeLogs(ua, ctx.log, () => !stopped);
+      // The client's own certificate and key: created on first connect (slow: RSA key generation), then reused.
+      // Unknown server certificates are never accepted here: ServerConnection pins them by fingerprint.
+      certificateManager = new OPCUACertificateManager({
+        rootFolder: config.pkiDir ?? join(ctx.dataDir, 'pki'),
+        automaticallyAcceptUnknownCertificate: false,
+        disableFileWatchers: true,
+      });
+      for (const server of config.servers) {
+        const connection = new ServerConnection(server, {
+          ua,
+          certificateManager,
+          settings: {
+            publishingIntervalMs: config.publishingIntervalMs,
+            reconnect: config.reconnect,
+            requestTimeoutMs: config.requestTimeoutMs,
+            postureCheck: config.postureCheck,
+            postureIntervalMs: config.postureIntervalHours * 3_600_000,
+          },
+          log: ctx.log,
+          audit: ctx.audit,
+          now: () => ctx.clock.now(),
+          emit: (s) => {
+            if (!stopped) emit(s);
+          },
+        });
+        connections.push(connection);
+        connection.start();
+      }
+    };
+
+    return {
+      telemetry: {
+        subscribe(listener: (s: TelemetrySample) => void) {
+          listeners.add(listener);
+          return () => listeners.delete(listener);
+        },
+        latest: () => [...latest.values()],
+      },
+      async start() {
+        if (config.servers.length === 0 || boot) return;
+        boot = load().catch((err: unknown) => {
+          bootError = `cannot load the OPC UA client: ${err instanceof Error ? err.message : String(err)}`;
+          ctx.log.error({ err: bootError }, 'OPC UA plugin not running');
+        });
+      },
+      async stop() {
+        if (stopped) return;
+        stopped = true;
+        await boot;
+        await Promise.allSettled(connections.map((c) => c.stop()));
+        await certificateManager?.dispose().catch(() => {});
+        listeners.clear();
+      },
+      status() {
+        return {
+          ...(bootError ? { error: bootError } : {}),
+          servers: Object.fromEntries(connections.map((c) => [c.name, c.status()])),
+        };
+      },
+    };
+  },
+});
