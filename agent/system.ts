@@ -14,7 +14,7 @@ import { AuditJournal, type JournalOptions } from './audit/journal.js';
 import { AuditShipper } from './audit/shipper.js';
 import { logAuditSink } from './audit-log.js';
 import { type AgentConfig, type HardwareConfig, mqttSchema } from './config/schema.js';
-import { ControlLink } from './control/link.js';
+import { ControlLink, sessionOptionsFor } from './control/link.js';
 import { LocalControl } from './control/local.js';
 import { VersionCounter } from './control/version-counter.js';
 import { type AuditSink, teeAudit } from './core/audit.js';
@@ -38,6 +38,10 @@ import { CONTROLLER_PRINCIPAL, RpcServer } from './shared/rpc.js';
 import { topics } from './shared/topics.js';
 import { ensurePrivateDir } from './state/files.js';
 import { LifecycleStore } from './state/lifecycle-store.js';
+import { TelemetryBuffer } from './telemetry/buffer.js';
+import { GatewayMetrics } from './telemetry/gateway.js';
+import { SparkplugPublisher } from './telemetry/publisher.js';
+import { TelemetryService } from './telemetry/service.js';
 import { WARD_VERSION } from './version.js';
 
 /**
@@ -86,6 +90,10 @@ export interface Agent {
   readonly enforce: EnforceService;
   /** Self-attestation while a link exists (measurements, evidence, verdicts). */
   readonly attestation: AgentAttestation | undefined;
+  /** Gateway health and machine data (undefined when `telemetry.enabled` is false). */
+  readonly telemetry: TelemetryService | undefined;
+  /** The Sparkplug B edge node while a link exists. */
+  readonly sparkplug: SparkplugPublisher | undefined;
   /** What a scan does: a bundle text or a camera frame. Resolves once the gateway is enrolled and its link started. */
   provision(input: string | Uint8Array): Promise<string>;
   /** Renews the client certificate now (normally done on a timer). */
@@ -208,6 +216,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       details: { from: t.from, to: t.to, event: t.event, reason: t.reason },
     });
     showLed(t.to);
+    telemetry?.service.publishNode(lifecycleMetric());
   });
 
   const plugins = new PluginHost({
@@ -217,6 +226,8 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     clock,
     logger: (name) => logger.child({ plugin: name }),
     audit,
+    // Plugin keys and certificates (an OPC UA client's PKI) survive restarts with the rest of the state.
+    dataDir: (name) => join(config.stateDir, 'plugins', name),
   });
 
   const openedJournal = await AuditJournal.open({
@@ -228,6 +239,47 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     logger.info({ chain: s.chain, seq: s.seq, session: s.session, receipted: s.receipted?.seq ?? 0, repairs: s.repairs }, 'audit journal open');
   }
   journal = openedJournal;
+  let telemetry: { service: TelemetryService; buffer: TelemetryBuffer } | undefined;
+  if (config.telemetry.enabled) {
+    try {
+      telemetry = await openTelemetry();
+    } catch (err) {
+      await openedJournal.close();
+      throw err;
+    }
+  }
+  async function openTelemetry() {
+    const t = config.telemetry;
+    const buffer = await TelemetryBuffer.open({
+      dir: join(config.stateDir, 'telemetry'),
+      maxBytes: t.buffer.maxBytes,
+      audit,
+      log: logger.child({ area: 'telemetry' }),
+    });
+    let service: TelemetryService | undefined;
+    const gateway = t.gateway.enabled
+      ? new GatewayMetrics({
+          clock,
+          audit,
+          log: logger.child({ area: 'telemetry' }),
+          onPoints: (points) => service?.publishNode(points),
+          intervalMs: t.gateway.intervalSeconds * 1000,
+          slowIntervalMs: t.gateway.slowIntervalSeconds * 1000,
+          mounts: t.gateway.mounts,
+          ...(t.gateway.interfaces ? { interfaces: t.gateway.interfaces } : {}),
+        })
+      : null;
+    service = new TelemetryService({
+      buffer,
+      gateway,
+      sources: () => plugins.telemetry,
+      flushMs: t.flushMs,
+      now: () => clock.now(),
+      log: logger.child({ area: 'telemetry' }),
+    });
+    return { service, buffer };
+  }
+  const lifecycleMetric = () => [{ name: 'Ward/Lifecycle', type: 'String' as const, value: lifecycle.state, timestamp: clock.now() }];
   let enforce: EnforceService;
   try {
     enforce = await EnforceService.open({
@@ -242,6 +294,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       trust: trustOf(lifecycle.state),
     });
   } catch (err) {
+    await telemetry?.buffer.close();
     await openedJournal.close();
     throw err;
   }
@@ -279,6 +332,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   };
   const shippers = new WeakMap<ControlLink, AuditShipper>();
   const attestations = new WeakMap<ControlLink, AgentAttestation>();
+  const publishers = new WeakMap<ControlLink, SparkplugPublisher>();
   let lastVerdictAt = 0;
   const bootId = deps.bootId ?? readBootIdSync();
   const tpm = deps.tpm === null ? undefined : (deps.tpm ?? tpmFor(config.attestation.tpm, board, join(config.stateDir, 'tpm')));
@@ -297,6 +351,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
           ? await linkFor(identity)
           : undefined;
   } catch (err) {
+    await telemetry?.buffer.close();
     await openedJournal.close();
     throw err;
   }
@@ -418,6 +473,26 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     });
     attestation.register(rpc);
     attestations.set(controlLink, attestation);
+    if (telemetry) {
+      const { service, buffer } = telemetry;
+      publishers.set(
+        controlLink,
+        new SparkplugPublisher({
+          group: config.telemetry.group,
+          edgeNode: deviceId,
+          primaryHostId: config.telemetry.primaryHostId,
+          // Its own session: an MQTT connection has one Will, and the control link's is the signed offline state.
+          mqtt: await sessionOptionsFor(mqtt, `ward-agent-${deviceId}:spb`),
+          buffer,
+          nodeMetrics: () => service.nodeMetrics(),
+          deviceMetrics: () => service.deviceMetrics(),
+          audit,
+          clock,
+          log: logger.child({ area: 'sparkplug' }),
+          rebirthMinIntervalMs: config.telemetry.rebirthMinIntervalSeconds * 1000,
+        }),
+      );
+    }
     rpc.register('ping', () => ({ pong: true, lifecycle: lifecycle.state, uptimeSeconds: Math.round(process.uptime()) }));
     // Through JSON first: the answer is signed as canonical JSON, which refuses `undefined` (a port without a
     // detected device, a plugin's optional field), where plain JSON simply leaves the key out.
@@ -429,10 +504,24 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
         board: { id: board.profile.id, model: board.model, ports: board.ports, tpm: board.tpm },
         audit: { journal: openedJournal.status(), shipper: shipper.status() },
         enforce: { version: enforce.enforcer.active?.version ?? null, tag: enforce.enforcer.active?.tag ?? null, learning: enforce.enforcer.learning ?? null },
+        telemetry: publishers.get(link)?.status() ?? null,
       }),
     );
     return link;
   }
+
+  const startPublisher = (l: ControlLink) => {
+    const publisher = publishers.get(l);
+    if (publisher === undefined || telemetry === undefined) return;
+    telemetry.service.attach(publisher);
+    publisher.start();
+  };
+  const stopPublisher = async (l: ControlLink) => {
+    const publisher = publishers.get(l);
+    if (publisher === undefined) return;
+    telemetry?.service.detach(publisher);
+    await publisher.stop();
+  };
 
   const advance = async (event: LifecycleEvent, reason: string) => {
     if (!lifecycle.can(event)) return;
@@ -483,10 +572,12 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     if (previous) await shippers.get(previous)?.stop();
     await previous?.stop();
     if (previous) attestations.get(previous)?.stop();
+    if (previous) await stopPublisher(previous);
     link = await linkFor(next);
     if (started && !stopping) {
       void attestations.get(link)?.start();
       await link.start();
+      startPublisher(link);
     }
   };
 
@@ -631,6 +722,10 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     get attestation() {
       return link ? attestations.get(link) : undefined;
     },
+    telemetry: telemetry?.service,
+    get sparkplug() {
+      return link ? publishers.get(link) : undefined;
+    },
     provision: (input) => {
       if (provisioning) return Promise.reject(new WardError(ErrorCodes.ENROLL_REFUSED, 'an enrollment is already in progress'));
       provisioning = doProvision(input);
@@ -668,6 +763,12 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       // Not awaited: hashing a 100 MB binary takes seconds on a Pi (more under qemu); a challenge waits for it.
       if (link) void attestations.get(link)?.start();
       await link?.start();
+      // After the plugins: their telemetry sources exist once they have started.
+      if (telemetry) {
+        telemetry.service.publishNode(lifecycleMetric());
+        telemetry.service.start();
+      }
+      if (link) startPublisher(link);
       if (link === undefined) watchController(false);
       if (hw.scanner) void consumeScans(hw.scanner).catch((err) => logger.warn({ err: describeError(err) }, 'scanner input ended'));
       const claimBroker = config.provisioning.claimBroker;
@@ -695,12 +796,15 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       await hw.scanner?.close();
       if (link) await shippers.get(link)?.stop();
       if (link) attestations.get(link)?.stop();
+      if (link) await stopPublisher(link);
+      await telemetry?.service.stop();
       await link?.stop();
       clearTimeout(failsafeTimer);
       await local.stop();
       await enforce.stop();
       const failures = await plugins.stop();
       for (const f of failures) logger.warn(f, 'plugin failed to stop cleanly');
+      await telemetry?.buffer.close().catch((err) => logger.warn({ err: describeError(err) }, 'telemetry buffer did not close cleanly'));
       audit.record({ category: 'control-system', actor: 'ward-agent', action: 'agent.stop', outcome: 'success', details: { lifecycle: lifecycle.state } });
       // Last: everything above may still record events; close() writes and seals them.
       await openedJournal.close().catch((err) => logger.error({ err: describeError(err) }, 'audit journal did not close cleanly'));

@@ -4,7 +4,16 @@ import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import { createWebSocketStream, WebSocketServer } from 'ws';
 import { ErrorCodes, WardError } from '../agent/core/errors.js';
-import { canPublish, canSubscribe, clientIdAllowed, type Principal, parseClaimUsername, parseEnrollUsername, principalFromCertificateCn } from './acl.js';
+import {
+  canPublish,
+  canSubscribe,
+  clientIdAllowed,
+  type Principal,
+  parseClaimUsername,
+  parseEnrollUsername,
+  principalFromCertificateCn,
+  sparkplugPacketAllowed,
+} from './acl.js';
 
 /**
  * The embedded MQTT broker (aedes, MQTT 3.1.1), for the one-machine
@@ -112,6 +121,10 @@ export async function startEmbeddedBroker(options: { host: string; tcpPort: numb
       const principal = client ? principals.get(client) : undefined;
       // client is null only for the broker's own publishes ($SYS), which never reach here in our setup.
       if (client === null) return done(null);
+      if (principal?.kind === 'device' && !sparkplugPacketAllowed(packet)) {
+        auth.onRefused?.({ what: 'publish', identity: describe(principal), topic: packet.topic, reason: 'retained or oversized Sparkplug message' });
+        return done(new Error(`not authorised to publish to ${packet.topic}: retained or oversized Sparkplug message`));
+      }
       if (principal !== undefined && canPublish(principal, packet.topic)) return done(null);
       auth.onRefused?.({ what: 'publish', identity: describe(principal), topic: packet.topic, reason: 'outside its topics' });
       done(new Error(`not authorised to publish to ${packet.topic}`));

@@ -216,6 +216,51 @@ export const agentConfigSchema = z
         tpm: z.union([z.literal('auto'), z.literal('off'), z.string().regex(/^(device|swtpm|mssim|tabrmd):[^\s]*$/)]).default('auto'),
       })
       .default({ tpm: 'auto' }),
+    /**
+     * Telemetry (issue 8): gateway health and machine data as a Sparkplug B edge node (the gateway is the
+     * node, each PLC/CNC a device), store-and-forward while the broker or the primary host is away.
+     */
+    telemetry: z
+      .strictObject({
+        enabled: z.boolean().default(true),
+        /** The Sparkplug group id; the edge node id is the device id. */
+        group: z
+          .string()
+          .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/)
+          .default('ward'),
+        /** Births wait for this host application's online STATE (the Ward controller by default); null: do not wait. */
+        primaryHostId: z
+          .string()
+          .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/)
+          .nullable()
+          .default('ward-controller'),
+        /** Machine samples are gathered this long per machine and sent as one DDATA. */
+        flushMs: z.number().int().min(0).max(10_000).default(250),
+        /** Coalesce NCMD rebirth requests arriving closer together than this. */
+        rebirthMinIntervalSeconds: z.number().min(0).max(3_600).default(5),
+        gateway: z
+          .strictObject({
+            enabled: z.boolean().default(true),
+            intervalSeconds: z.number().min(1).max(3_600).default(10),
+            /** Listening sockets and disks are read at this slower pace. */
+            slowIntervalSeconds: z.number().min(1).max(86_400).default(60),
+            mounts: z.array(z.string().startsWith('/')).default(['/']),
+            /** Interfaces to report; absent: every interface but loopback. */
+            interfaces: z.array(z.string().regex(/^[A-Za-z0-9_.:@-]{1,15}$/)).optional(),
+          })
+          .prefault({}),
+        buffer: z
+          .strictObject({
+            /** Store-and-forward bound; past it the oldest data is evicted and counted. */
+            maxBytes: z
+              .number()
+              .int()
+              .min(64 * 1024)
+              .default(64 * 1024 * 1024),
+          })
+          .prefault({}),
+      })
+      .prefault({}),
     log: z
       .strictObject({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

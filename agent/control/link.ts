@@ -6,7 +6,7 @@ import { describeError, ErrorCodes, WardError } from '../core/errors.js';
 import { encodeEnvelope, seal } from '../shared/envelope.js';
 import type { SigningKey } from '../shared/keys.js';
 import { STATE_TYPE, type StatePayload } from '../shared/messages.js';
-import { MqttSession, type NegotiatedProtocol, type Will } from '../shared/mqtt-session.js';
+import { MqttSession, type MqttSessionOptions, type NegotiatedProtocol, type Will } from '../shared/mqtt-session.js';
 import { topics } from '../shared/topics.js';
 import type { VersionCounter } from './version-counter.js';
 
@@ -76,26 +76,9 @@ export class ControlLink {
 
   async start(): Promise<void> {
     const { config, deviceId } = this.deps;
-    const tls = config.tls
-      ? {
-          ...(config.tls.caFile ? { ca: await readFile(config.tls.caFile) } : {}),
-          ...(config.tls.certFile ? { cert: await readFile(config.tls.certFile) } : {}),
-          ...(config.tls.keyFile ? { key: await readFile(config.tls.keyFile) } : {}),
-          rejectUnauthorized: config.tls.rejectUnauthorized,
-        }
-      : undefined;
-    const password = config.passwordFile ? (await readFile(config.passwordFile)).subarray(0) : undefined;
     this.#session = new MqttSession(
       {
-        url: config.url,
-        clientId: `ward-agent-${deviceId}`,
-        protocol: config.protocol,
-        keepaliveSeconds: config.keepaliveSeconds,
-        connectTimeoutMs: config.connectTimeoutMs,
-        reconnect: config.reconnect,
-        ...(config.username !== undefined ? { username: config.username } : {}),
-        ...(password !== undefined ? { password: trimNewline(password) } : {}),
-        ...(tls ? { tls } : {}),
+        ...(await sessionOptionsFor(config, `ward-agent-${deviceId}`)),
         subscriptions: [{ filter: topics.cmd(deviceId), qos: 1 }, ...[...(this.deps.handlers?.keys() ?? [])].map((filter) => ({ filter, qos: 1 as const }))],
         prepareWill: () => this.#prepareWill(),
       },
@@ -176,6 +159,35 @@ export class ControlLink {
       heartbeatSeconds: this.deps.heartbeatSeconds,
     } satisfies Omit<StatePayload, 'iat' | 'exp' | 'version' | 'nonce'>;
   }
+}
+
+/**
+ * What every MQTT session of the agent takes from its `mqtt` config: the
+ * broker, timers and credentials (TLS files and password read now). The
+ * control link and the Sparkplug publisher differ only in client id, Will
+ * and subscriptions.
+ */
+export async function sessionOptionsFor(config: MqttConfig, clientId: string): Promise<Omit<MqttSessionOptions, 'prepareWill' | 'subscriptions'>> {
+  const tls = config.tls
+    ? {
+        ...(config.tls.caFile ? { ca: await readFile(config.tls.caFile) } : {}),
+        ...(config.tls.certFile ? { cert: await readFile(config.tls.certFile) } : {}),
+        ...(config.tls.keyFile ? { key: await readFile(config.tls.keyFile) } : {}),
+        rejectUnauthorized: config.tls.rejectUnauthorized,
+      }
+    : undefined;
+  const password = config.passwordFile ? (await readFile(config.passwordFile)).subarray(0) : undefined;
+  return {
+    url: config.url,
+    clientId,
+    protocol: config.protocol,
+    keepaliveSeconds: config.keepaliveSeconds,
+    connectTimeoutMs: config.connectTimeoutMs,
+    reconnect: config.reconnect,
+    ...(config.username !== undefined ? { username: config.username } : {}),
+    ...(password !== undefined ? { password: trimNewline(password) } : {}),
+    ...(tls ? { tls } : {}),
+  };
 }
 
 function trimNewline(buf: Buffer): Buffer {

@@ -333,7 +333,7 @@ export async function renew(options: {
   );
   const material = await exchange({
     url: identity.brokers[0] as string,
-    clientId: `ward-agent-${identity.deviceId}-renew`,
+    clientId: `ward-agent-${identity.deviceId}:renew`,
     tls: {
       ca: await readFile(identity.files.ca, 'utf8'),
       cert: await readFile(identity.files.cert, 'utf8'),

@@ -133,6 +133,26 @@ export class MqttSession {
     await client.endAsync(!client.connected).catch(() => undefined);
   }
 
+  /**
+   * Ends the current connection cleanly (the broker discards its Will,
+   * [MQTT-3.14.4-3]) and opens a new one after the reconnect backoff, with a
+   * freshly prepared Will. For protocols whose peer can ask a client to go
+   * away and come back (Sparkplug's offline STATE).
+   */
+  async restart(reason: string): Promise<void> {
+    const client = this.#client;
+    if (this.#stopped || client === undefined) return;
+    this.#client = undefined;
+    const wasConnected = this.#connected;
+    this.#connected = false;
+    clearTimeout(this.#timer);
+    await client.endAsync(false).catch(() => undefined);
+    if (wasConnected) this.events.onDisconnected?.(reason);
+    if (this.#stopped) return;
+    this.#attempt = 1;
+    this.#timer = setTimeout(() => this.#connect(), backoffDelay(1, { ...this.options.reconnect, minMs: 100 }, this.options.random));
+  }
+
   #connect(): void {
     this.#timer = undefined;
     void this.#attemptConnect();

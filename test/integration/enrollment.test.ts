@@ -176,7 +176,7 @@ test('an enrolled device is confined to its own topics, renews its certificate, 
     (err: { code?: number }) => err.code,
   );
   t.is(wrongId, 2, 'CONNACK 2: identifier rejected');
-  const rogue = await mqtt.connectAsync(controller.brokerUrl, { ...tls, protocolVersion: 4, clientId: `ward-agent-${deviceId}-renew`, reconnectPeriod: 0 });
+  const rogue = await mqtt.connectAsync(controller.brokerUrl, { ...tls, protocolVersion: 4, clientId: `ward-agent-${deviceId}:renew`, reconnectPeriod: 0 });
   // mqtt.js rejects a SUBSCRIBE with any failed filter and carries the SUBACK on the error.
   const suback = await rogue.subscribeAsync([`ward/v1/${deviceId}/cmd`, 'ward/v1/+/state', 'ward/v1/other-gw/cmd']).then(
     () => undefined,
@@ -203,7 +203,7 @@ test('an enrolled device is confined to its own topics, renews its certificate, 
   // Two renewals on, the first certificate is superseded: the broker refuses it although it has not expired.
   await gw.agent.renewNow();
   const superseded = await mqtt
-    .connectAsync(controller.brokerUrl, { ...tls, protocolVersion: 4, clientId: `ward-agent-${deviceId}-renew`, reconnectPeriod: 0 })
+    .connectAsync(controller.brokerUrl, { ...tls, protocolVersion: 4, clientId: `ward-agent-${deviceId}:renew`, reconnectPeriod: 0 })
     .then(
       async (c) => {
         await c.endAsync(true);

@@ -32,11 +32,12 @@ test('a token account reaches its own enrollment topics only; a claim account on
   t.false(canPublish(claim, 'ward/v1/_claim/8899aabbccddeeff/bundle'));
 });
 
-test('the controller reaches the ward tree (shared subscriptions included) and nothing else', (t) => {
+test('the controller reaches the ward tree (shared subscriptions included) and Sparkplug B, nothing else', (t) => {
   t.true(canSubscribe(controller, '$share/ward-controller/ward/v1/+/state'));
   t.true(canPublish(controller, 'ward/v1/gw-a/cmd'));
   t.false(canSubscribe(controller, '$SYS/#'));
-  t.false(canPublish(controller, 'spBv1.0/g/NCMD/x'));
+  t.false(canPublish(controller, 'spBv1.0x/g/NCMD/x'));
+  t.false(canPublish(controller, 'other/spBv1.0/g/NCMD/x'));
 });
 
 test('identities come from the certificate CN; client ids must belong to the principal', (t) => {
@@ -46,11 +47,59 @@ test('identities come from the certificate CN; client ids must belong to the pri
   t.is(principalFromCertificateCn('_enroll-0011223344556677'), undefined, 'no certificate can name a token account');
   t.is(principalFromCertificateCn(undefined), undefined);
   t.true(clientIdAllowed(device, 'ward-agent-gw-a'));
-  t.true(clientIdAllowed(device, 'ward-agent-gw-a-renew'));
+  t.true(clientIdAllowed(device, 'ward-agent-gw-a:renew'));
   t.false(clientIdAllowed(device, 'ward-agent-gw-b'));
   t.false(clientIdAllowed(device, 'ward-controller-x'));
   t.true(clientIdAllowed(enroll, 'ward-enroll-0011223344556677'));
   t.false(clientIdAllowed(enroll, 'ward-agent-gw-a'));
   t.true(clientIdAllowed(claim, 'ward-claim-8899aabbccddeeff'));
   t.true(clientIdAllowed(controller, 'ward-controller-ctl-a'));
+});
+
+test('a device is a Sparkplug edge node under its own id only: its births, data and deaths; its commands and host STATE to read', (t) => {
+  for (const topic of [
+    'spBv1.0/g1/NBIRTH/gw-a',
+    'spBv1.0/g1/NDATA/gw-a',
+    'spBv1.0/g1/NDEATH/gw-a',
+    'spBv1.0/other/DDATA/gw-a/cnc-1',
+    'spBv1.0/g1/DBIRTH/gw-a/plc.2',
+  ]) {
+    t.true(canPublish(device, topic), topic);
+  }
+  for (const topic of [
+    'spBv1.0/g1/NBIRTH/gw-b',
+    'spBv1.0/g1/NCMD/gw-a',
+    'spBv1.0/g1/DCMD/gw-a/cnc-1',
+    'spBv1.0/STATE/ward-controller',
+    'spBv1.0/g1/NDATA/gw-a/extra',
+    'spBv1.0/g1/DDATA/gw-b/cnc-1',
+    'spBv1.0/g1/BOGUS/gw-a',
+  ]) {
+    t.false(canPublish(device, topic), topic);
+  }
+  for (const filter of ['spBv1.0/g1/NCMD/gw-a', 'spBv1.0/+/NCMD/gw-a', 'spBv1.0/g1/DCMD/gw-a/+', 'spBv1.0/STATE/ward-controller']) {
+    t.true(canSubscribe(device, filter), filter);
+  }
+  for (const filter of [
+    'spBv1.0/#',
+    'spBv1.0/+/NCMD/+',
+    'spBv1.0/g1/NCMD/gw-b',
+    'spBv1.0/g1/NDATA/gw-b',
+    'spBv1.0/STATE/+',
+    'spBv1.0/STATE/#',
+    'spBv1.0/#/NCMD/gw-a',
+    'spBv1.0/g1/DCMD/gw-a/#',
+  ]) {
+    t.false(canSubscribe(device, filter), filter);
+  }
+  t.true(clientIdAllowed(device, 'ward-agent-gw-a:spb'));
+  t.false(clientIdAllowed(device, 'ward-agent-gw-b:spb'));
+  // A device enrolled as `gw-a-spb` (or `gw-a-renew`) cannot take gw-a's sessions: suffixes use ':', never in an id.
+  const lookalike: Principal = { kind: 'device', id: 'gw-a-spb' };
+  t.false(clientIdAllowed(lookalike, 'ward-agent-gw-a:spb'));
+  t.true(clientIdAllowed(lookalike, 'ward-agent-gw-a-spb'));
+  t.false(clientIdAllowed(device, 'ward-agent-gw-a-spb'));
+  t.true(canSubscribe(controller, 'spBv1.0/#'));
+  t.true(canPublish(controller, 'spBv1.0/STATE/ward-controller'));
+  t.true(canPublish(controller, 'spBv1.0/g1/NCMD/gw-a'));
 });
