@@ -30,6 +30,11 @@ export interface ApiBackend {
     challenge(deviceId: string): Promise<unknown>;
     approve(deviceId: string, actor: string): Promise<unknown>;
   };
+  /** The Sparkplug host's view of a gateway: last values, recent history, health alarms. */
+  telemetry?: {
+    view(deviceId: string): Record<string, unknown> | undefined;
+    history(deviceId: string, metric: string, device: string | null): unknown[] | undefined;
+  };
   /** Enrollment exists only once the controller is certified by a fleet root. */
   enrollment?: {
     createCode(input: { site: string; line: string; cell: string; ttlSeconds: number }): Promise<unknown>;
@@ -105,6 +110,28 @@ export function createApiServer(backend: ApiBackend): Server {
         const input = parseBody(policyBody, body);
         if (typeof input === 'string') return badRequest(input);
         return [200, await backend.policy.publish(id as string, input.policy, input.actor ?? 'operator')];
+      },
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/devices\/([^/]+)\/telemetry$/,
+      handler: async (_req, [id]) => {
+        const view = isDeviceId(id ?? '') ? backend.telemetry?.view(id as string) : undefined;
+        return view ? [200, view] : [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no telemetry from ${id} yet` } }];
+      },
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/devices\/([^/]+)\/telemetry\/history$/,
+      handler: async (req, [id]) => {
+        const url = new URL(req.url ?? '/', 'http://localhost');
+        const metric = url.searchParams.get('metric');
+        if (metric === null || metric.length === 0 || metric.length > 256) return badRequest('query parameter metric is required (a Sparkplug metric name)');
+        const device = url.searchParams.get('device');
+        const points = isDeviceId(id ?? '') ? backend.telemetry?.history(id as string, metric, device) : undefined;
+        return points
+          ? [200, { deviceId: id, device, metric, points }]
+          : [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no metric ${metric}${device ? ` on ${device}` : ''} from ${id}` } }];
       },
     },
     {

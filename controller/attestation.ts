@@ -88,6 +88,7 @@ const recordSchema = z.object({
 export type AttestationRecord = z.infer<typeof recordSchema>;
 
 const HISTORY = 20;
+const HEALTH = 'health alarm: ';
 
 export class AttestationService {
   readonly #d: AttestationDeps;
@@ -97,6 +98,8 @@ export class AttestationService {
   readonly #locks = new Map<string, Promise<unknown>>();
   #executables = new Set<string>();
   #timer: NodeJS.Timeout | undefined;
+  /** Health alarms (telemetry.ts) that hold a gateway at `degraded` whatever its evidence says, by device. */
+  readonly #health = new Map<string, readonly string[]>();
   readonly #notifyVerifier: EnvelopeVerifier;
 
   constructor(deps: AttestationDeps) {
@@ -277,6 +280,8 @@ export class AttestationService {
         });
       }
       const stay = next.state === 'quarantined';
+      const health = this.#healthReasons(record.deviceId);
+      if (!stay && health.length > 0) return this.#transition(next, 'degraded', health, 'controller', a.claims?.lifecycle);
       return this.#transition(next, stay ? 'quarantined' : 'active', stay ? next.reasons : [], 'controller', a.claims?.lifecycle);
     }
     return this.#transition(next, 'quarantined', a.findings.map(describeFinding), 'controller', a.claims?.lifecycle);
@@ -303,6 +308,34 @@ export class AttestationService {
         details: { error: describeError(err) },
       });
     }
+  }
+
+  /**
+   * The gateway's health alarms that call for a degraded trust (telemetry alarm rules with action `degrade`).
+   * Graded: an active gateway goes to `degraded` (its policy's degraded flows) while any is raised; when the last
+   * clears it is challenged, and passing evidence makes it active again. Never lifts a quarantine.
+   */
+  setHealth(deviceId: string, alarms: readonly string[]): Promise<AttestationRecord | undefined> {
+    const before = this.#healthReasons(deviceId).join('\n');
+    if (alarms.length === 0) this.#health.delete(deviceId);
+    else this.#health.set(deviceId, [...alarms]);
+    if (before === this.#healthReasons(deviceId).join('\n')) return Promise.resolve(undefined);
+    return this.#exclusive(deviceId, async () => {
+      const record = await this.get(deviceId);
+      if (record === undefined) return undefined;
+      const health = this.#healthReasons(deviceId);
+      if (health.length > 0 && (record.state === 'active' || (record.state === 'degraded' && record.reasons.every((r) => r.startsWith(HEALTH))))) {
+        return this.#transition(record, 'degraded', health, 'controller');
+      }
+      if (health.length === 0 && record.state === 'degraded' && record.reasons.length > 0 && record.reasons.every((r) => r.startsWith(HEALTH))) {
+        return this.#challenge(deviceId, 'health alarms cleared');
+      }
+      return record;
+    });
+  }
+
+  #healthReasons(deviceId: string): string[] {
+    return (this.#health.get(deviceId) ?? []).map((a) => `${HEALTH}${a}`);
   }
 
   /** An operator accepts the gateway's current measurements (after a planned change) and lifts a quarantine. */

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { DEVICE_ID_PATTERN } from '../agent/shared/topics.js';
+import { alarmRuleSchema } from './health-rules.js';
 
 /**
  * The controller's configuration file. Either an embedded broker (aedes,
@@ -91,6 +92,22 @@ export const controllerConfigSchema = z.strictObject({
       manifests: z.array(z.string().min(1)).default([]),
     })
     .default({ intervalSeconds: 60, staleAfterSeconds: 180, executables: [], manifests: [] }),
+  /** Sparkplug B host application (issue 8): STATE, the per-gateway time-series view, health alarms. */
+  telemetry: z
+    .strictObject({
+      /** The STATE topic's host id; gateways wait for this host (their `telemetry.primaryHostId`). */
+      hostId: z
+        .string()
+        .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/)
+        .default('ward-controller'),
+      /** Publish STATE as the primary host. Off when another host application (a SCADA) is the primary. */
+      primaryHost: z.boolean().default(true),
+      historyPoints: z.number().int().min(1).max(100_000).default(500),
+      rebirthMinIntervalSeconds: z.number().min(0).max(3_600).default(10),
+      /** Alarm rules on gateway health (controller/health-rules.ts); absent: the defaults there. */
+      alarms: z.array(alarmRuleSchema).optional(),
+    })
+    .prefault({}),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).default({ level: 'info' }),
 });
 

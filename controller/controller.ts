@@ -25,10 +25,12 @@ import { type BrokerAuth, type EmbeddedBroker, listen, startEmbeddedBroker } fro
 import type { ControllerConfig } from './config.js';
 import { EnrollmentService } from './enrollment.js';
 import { type ControllerFleet, loadControllerFleet } from './fleet.js';
+import { DEFAULT_ALARM_RULES } from './health-rules.js';
 import { syncMosquitto } from './mosquitto-sync.js';
 import { PolicyService } from './policy.js';
 import { DeviceRegistry } from './registry.js';
 import { type DeviceStore, isLive, LevelDeviceStore } from './store.js';
+import { TelemetryHost } from './telemetry.js';
 
 /**
  * The controller's composition root. Starts (in order) its store, the
@@ -194,6 +196,22 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
     const share = (filter: string) => (group ? sharedFilter(group, filter) : filter);
 
     let rpc: RpcClient | undefined;
+    let attestationRef: AttestationService | undefined;
+    let sessionRef: MqttSession | undefined;
+    let publishSpb: (topic: string, payload: Buffer, opts: { qos: 0 | 1; retain?: boolean }) => Promise<void> = async () => undefined;
+    const telemetryHost = new TelemetryHost({
+      config: { ...config.telemetry, alarms: config.telemetry.alarms ?? DEFAULT_ALARM_RULES },
+      publish: (t, p, o) => publishSpb(t, p, o),
+      audit,
+      clock,
+      log: log.child({ area: 'sparkplug-host' }),
+      isConnected: () => sessionRef?.connected ?? false,
+      onHealth: (deviceId, alarms) => {
+        void attestationRef
+          ?.setHealth(deviceId, alarms)
+          .catch((err) => log.warn({ deviceId, err: describeError(err) }, 'health alarms did not reach the trust decision'));
+      },
+    });
     const password = config.broker.passwordFile ? await readFile(config.broker.passwordFile) : undefined;
     const session = new MqttSession(
       {
@@ -206,6 +224,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         ...(config.broker.username !== undefined ? { username: config.broker.username } : {}),
         ...(password !== undefined ? { password } : {}),
         ...(ownTls ? { tls: { ...ownTls, rejectUnauthorized: true } } : {}),
+        prepareWill: () => telemetryHost.prepareWill(),
         subscriptions: [
           { filter: stateFilter, qos: 1 },
           { filter: filters.repliesFor(replicaId), qos: 1 },
@@ -213,6 +232,8 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
           // split across replicas, a device's chain would look full of gaps to each of them.
           { filter: filters.allAudit, qos: 1 },
           { filter: share(filters.allAttestNotify), qos: 1 },
+          // Sparkplug B, as a host application (tck-id-host-topic-phid-birth-sub-required: before STATE online).
+          { filter: TelemetryHost.FILTER, qos: 1 },
           ...(fleet
             ? [
                 { filter: share(filters.enrollRequests), qos: 1 as const },
@@ -222,10 +243,14 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         ],
       },
       {
-        onConnected: ({ protocol }) => log.info({ broker: brokerUrl, protocol, stateFilter }, 'controller connected to broker'),
+        onConnected: async ({ protocol }) => {
+          log.info({ broker: brokerUrl, protocol, stateFilter }, 'controller connected to broker');
+          await telemetryHost.connected().catch((err) => log.warn({ err: describeError(err) }, 'Sparkplug STATE not published'));
+        },
         onDisconnected: (reason) => log.warn({ reason }, 'controller lost the broker; reconnecting'),
         onError: (err) => log.warn({ code: err.code, err: err.message }, 'controller MQTT error'),
         onMessage: (topic, payload, packet) => {
+          if (topic.startsWith('spBv1.0/')) return telemetryHost.handle(topic, payload);
           const codeId = parseEnrollTopic(topic);
           if (codeId !== undefined) {
             void enrollment?.handleEnrollRequest(codeId, payload);
@@ -261,8 +286,12 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       },
     );
     publishReceipt = (t, p, o) => session.publish(t, p, o);
+    publishSpb = (t, p, o) => session.publish(t, p, o);
+    sessionRef = session;
     session.start();
-    cleanup.push(() => session.stop());
+    telemetryHost.start();
+    cleanup.push(() => session.stop(() => telemetryHost.disconnecting()));
+    cleanup.push(async () => telemetryHost.stop());
     rpc = new RpcClient({
       key,
       replicaId,
@@ -285,6 +314,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       clock,
     });
     await attestation.start();
+    attestationRef = attestation;
     cleanup.push(async () => attestation.stop());
 
     if (fleet) {
@@ -358,6 +388,10 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         get: (id) => attestation.get(id),
         challenge: (id) => attestation.challenge(id, 'operator'),
         approve: (id, actor) => attestation.approve(id, actor),
+      },
+      telemetry: {
+        view: (id) => telemetryHost.view(id),
+        history: (id, metric, device) => telemetryHost.history(id, metric, device),
       },
       auditView: async (id, query) => {
         const head = await auditStore.head(id);

@@ -46,6 +46,7 @@ export async function startTestController(
     tcpPort?: number;
     store?: DeviceStore;
     attestation?: ControllerConfigInput['attestation'];
+    telemetry?: ControllerConfigInput['telemetry'];
     audit?: AuditSink;
   },
 ): Promise<Controller> {
@@ -60,6 +61,7 @@ export async function startTestController(
     rpc: { timeoutMs: 5_000 },
     // Tests that do not look at attestation get no surprise verdict halfway through.
     attestation: options.attestation ?? { intervalSeconds: 3600 },
+    ...(options.telemetry ? { telemetry: options.telemetry } : {}),
   };
   const controller = await startController({
     config: validateConfig(input, '(test)', controllerConfigSchema),
