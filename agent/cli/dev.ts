@@ -8,6 +8,7 @@ import { type Controller, startController } from '../../controller/controller.js
 import { certifyController, initFleet, ROOT_FILE } from '../../controller/fleet.js';
 import { builtinPlugins } from '../../plugins/index.js';
 import { ModbusSimServer } from '../../plugins/modbus/server.js';
+import { CNC_POINTS, type CncSimulator, startCncSimulator } from '../../plugins/opcua/sim.js';
 import { validateConfig } from '../config/load.js';
 import { type AgentConfigInput, agentConfigSchema } from '../config/schema.js';
 import { describeError, ErrorCodes, WardError } from '../core/errors.js';
@@ -31,6 +32,8 @@ export interface DevOptions {
   readonly apiPort: number;
   /** The simulated Modbus/TCP PLC (loopback); the agent's modbus plugin polls it. Default 15502. */
   readonly modbusPort?: number;
+  /** The simulated CNC machine's OPC UA server (loopback); the agent's opcua plugin subscribes to it. Default 14840; 0 picks a free port. */
+  readonly opcuaPort?: number;
   readonly logLevel: string;
   /** Where the banner goes (stderr by default; logs go to stdout). */
   readonly out?: NodeJS.WritableStream;
@@ -90,7 +93,21 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
   const modbusPort = options.modbusPort ?? 15_502;
 
   let agent: Agent | undefined;
+  let cnc: CncSimulator | undefined;
+  const opcuaPort = options.opcuaPort ?? 14_840;
   try {
+    // A CNC machine with an OPC UA server (spindle, feed, temperature, alarms, part count), as a machine tool offers it.
+    cnc = await startCncSimulator({ ...(opcuaPort !== 0 ? { port: opcuaPort } : {}), host: '127.0.0.1', pkiDir: join(dir, 'cnc-sim-pki') }).catch(
+      (cause: Error) => {
+        // The single binary leaves the OPC UA server library out (it never belongs on a gateway): run without the CNC.
+        if (isModuleMissing(cause)) return undefined;
+        throw new WardError(
+          ErrorCodes.DEV_LISTEN_FAILED,
+          `simulated CNC OPC UA server 127.0.0.1:${opcuaPort} cannot start (${cause.message}): choose another port with --opcua-port`,
+          { cause },
+        );
+      },
+    );
     await plc.listen(modbusPort, '127.0.0.1').catch((cause: NodeJS.ErrnoException) => {
       throw new WardError(
         ErrorCodes.DEV_LISTEN_FAILED,
@@ -112,6 +129,8 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
       // The development machine's own TPM (if any) is not the gateway's: software evidence, predictably.
       attestation: { tpm: 'off' },
       log: { level: options.logLevel as 'info' },
+      // Health every 5 s so the controller's view moves while someone watches; the primary host is the controller.
+      telemetry: { gateway: { intervalSeconds: 5, slowIntervalSeconds: 15 } },
       plugins: [
         { name: 'sim', config: { machine: 'press-1' } },
         {
@@ -136,6 +155,25 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
             },
           },
         },
+        ...(cnc
+          ? [
+              {
+                name: 'opcua',
+                config: {
+                  servers: [
+                    {
+                      name: 'cnc-1',
+                      endpointUrl: cnc.endpointUrl,
+                      // The simulator, like many machine tools out of the box, offers an unsecured endpoint: the
+                      // plugin's posture check reports exactly that (opcua.posture-finding audit events).
+                      securityMode: 'None' as const,
+                      nodes: CNC_POINTS.map((p) => ({ nodeId: p.nodeId, name: p.name, samplingIntervalMs: 1000, ...(p.unit ? { unit: p.unit } : {}) })),
+                    },
+                  ],
+                },
+              },
+            ]
+          : []),
       ],
     };
     const agentConfig = validateConfig(agentInput, '(ward dev)', agentConfigSchema);
@@ -180,7 +218,12 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
       `  attestation    curl ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/attestation   (active within ~15 s)`,
       `  MQTT broker    ${controller.brokerUrl} (mutual TLS; enrollment tokens)`,
       `  Modbus PLC     127.0.0.1:${modbusPort} (simulated press; the agent polls its registers)`,
-      `  machine data   curl -X POST ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/status   (plugins.modbus.latest)`,
+      cnc
+        ? `  CNC (OPC UA)   ${cnc.endpointUrl} (simulated machining centre; the agent subscribes to its ${CNC_POINTS.length} variables)`
+        : '  CNC (OPC UA)   not in this build (node-opcua-server is a development dependency; run `npm run dev` from source)',
+      `  telemetry      curl ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/telemetry   (Sparkplug B: gateway health, press-1, cnc-1)`,
+      `  history        curl '${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/telemetry/history?device=cnc-1&metric=Spindle/Speed'`,
+      `  Sparkplug      spBv1.0/ward/+/${DEV_DEVICE_ID}/# on the broker (edge node ${DEV_DEVICE_ID}, primary host ward-controller)`,
       `  agent          ${DEV_DEVICE_ID}: ${isOnline ? 'online' : 'NOT online yet (see logs)'}, enrolled by QR code, lifecycle ${agent.lifecycle.state}`,
       `  fleet root     ${fleet.rootFile} (dev passphrase in ${fleet.passphraseFile})`,
       `  configs        ${join(dir, 'agent.yaml')}, ${join(dir, 'controller.yaml')}`,
@@ -196,12 +239,14 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
     out.write(`${lines.join('\n')}\n`);
   } catch (err) {
     await agent?.stop().catch(() => undefined);
+    await cnc?.stop().catch(() => undefined);
     await plc.close();
     await controller.close();
     throw err;
   }
 
   const started = agent;
+  const cncSim = cnc;
   return {
     dir,
     controller,
@@ -213,9 +258,16 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
       } catch (err) {
         out.write(`ward dev: agent stop failed: ${describeError(err)}\n`);
       }
+      await cncSim?.stop().catch((err) => out.write(`ward dev: CNC simulator stop failed: ${describeError(err)}\n`));
       await plc.close();
       await controller.close();
       out.write('Ward dev stack stopped.\n');
     },
   };
+}
+
+/** A dynamic import of a package this build does not carry (from source; or inside the single binary, whose require knows only built-ins). */
+function isModuleMissing(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND' || code === 'ERR_UNKNOWN_BUILTIN_MODULE';
 }

@@ -347,8 +347,9 @@ export function buildProgram(): Command {
     .option('--ws-port <port>', 'embedded broker WebSocket port', parsePort, 18083)
     .option('--api-port <port>', 'controller HTTP API port', parsePort, 18080)
     .option('--modbus-port <port>', 'simulated Modbus/TCP PLC port (the agent polls its registers)', parsePort, 15502)
+    .option('--opcua-port <port>', "simulated CNC's OPC UA server port (the agent subscribes to its variables)", parsePort, 14840)
     .option('--log-level <level>', 'log level', 'info')
-    .action(async (opts: { dir?: string; mqttPort: number; wsPort: number; apiPort: number; modbusPort: number; logLevel: string }) => {
+    .action(async (opts: { dir?: string; mqttPort: number; wsPort: number; apiPort: number; modbusPort: number; opcuaPort: number; logLevel: string }) => {
       // Signals are handled from the start: bringing the stack up (enrollment, QR rendering) takes seconds,
       // and a Ctrl-C in that window must still stop it cleanly.
       const starting = runDev(opts);

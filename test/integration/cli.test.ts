@@ -55,6 +55,8 @@ test('ward dev brings up controller + broker + agent, shows it online, and stops
     'dev',
     '--modbus-port',
     String(modbusPort),
+    '--opcua-port',
+    '0',
     '--dir',
     dir,
     '--mqtt-port',
@@ -80,7 +82,7 @@ test('ward dev brings up controller + broker + agent, shows it online, and stops
     throw new Error(`${err.message}\n--- ward dev output ---\n${p.output()}`);
   });
   t.is(device.id, 'dev-gw-1');
-  t.deepEqual(device.plugins, ['modbus', 'sim']);
+  t.deepEqual(device.plugins, ['modbus', 'opcua', 'sim']);
   await waitFor('banner printed', () => p.output().includes('Press Ctrl-C to stop.'));
   // The agent's Modbus collector polls the simulated press PLC; its values reach the controller through the agent's status.
   const latest = await waitFor(
@@ -98,6 +100,24 @@ test('ward dev brings up controller + broker + agent, shows it online, and stops
     latest.find((x) => x.point === 'setpoint-temperature'),
     { value: 45, quality: 'good' },
   );
+  // Issue 8's done-when: the gateway, the press and the simulated CNC come alive over Sparkplug B in the controller.
+  const telemetry = await waitFor(
+    'Sparkplug telemetry of the gateway, the press and the CNC',
+    async () => {
+      const { body } = await getJson<{
+        online?: boolean;
+        metrics?: Record<string, { value: unknown }>;
+        devices?: Record<string, { metrics: Record<string, { value: unknown }> }>;
+      }>(`${api}/api/devices/dev-gw-1/telemetry`);
+      const cnc = body.devices?.['cnc-1']?.metrics;
+      return body.online && body.metrics?.['Gateway/CPU/Load'] && typeof cnc?.['Spindle/Speed']?.value === 'number' && body.devices?.['press-1']
+        ? body
+        : undefined;
+    },
+    60_000,
+    500,
+  );
+  t.is(typeof telemetry.devices?.['cnc-1']?.metrics['Program/Name']?.value, 'string');
   t.regex(p.output(), new RegExp(`curl ${api}/api/devices`));
   p.child.kill('SIGINT');
   t.is(await p.exited, 0);
@@ -111,7 +131,21 @@ test('ward dev says which port is taken instead of crashing obscurely', async (t
   t.teardown(() => blocker.close());
   const taken = (blocker.address() as { port: number }).port;
   const dir = await tempDir(t);
-  const p = spawnWard(t, ['dev', '--dir', dir, '--mqtt-port', String(taken), '--ws-port', '0', '--api-port', '0', '--log-level', 'silent']);
+  const p = spawnWard(t, [
+    'dev',
+    '--dir',
+    dir,
+    '--mqtt-port',
+    String(taken),
+    '--ws-port',
+    '0',
+    '--api-port',
+    '0',
+    '--opcua-port',
+    '0',
+    '--log-level',
+    'silent',
+  ]);
   t.is(await p.exited, 1);
   t.regex(p.output(), new RegExp(`WARD_CONTROLLER_LISTEN_FAILED: MQTT \\(TLS\\) port 127.0.0.1:${taken} is already in use`));
 });
@@ -127,6 +161,8 @@ test('ward dev says when the simulated Modbus PLC port is taken', async (t) => {
     'dev',
     '--dir',
     dir,
+    '--opcua-port',
+    '0',
     '--modbus-port',
     String(taken),
     '--mqtt-port',
