@@ -138,8 +138,14 @@ async function bundle(target, spec, outfile) {
     logLevel: 'warning',
     loader: { '.node': 'binary' },
     plugins: [native],
-    // Optional peers that ws and debug probe with try/catch; absent in the binary by design.
-    external: ['bufferutil', 'utf-8-validate', 'supports-color'],
+    // How the agent knows it is the single binary (it then measures its own executable for attestation).
+    define: { __WARD_SINGLE_BINARY__: 'true' },
+    // Optional peers that ws probes with try/catch, and the lock provider node-opcua's global-mutex loads only when
+    // asked for it (its default is its own lock files): absent in the binary by design. (supports-color is bundled:
+    // chalk, under node-opcua's logging, requires it unconditionally.)
+    // node-opcua-server is a development dependency: the CNC simulator of `ward dev` runs from source, never on a
+    // gateway (a binary's `ward dev` says so and runs without it).
+    external: ['bufferutil', 'utf-8-validate', 'proper-lockfile', 'node-opcua-server'],
   });
   return bundledPackages(result.metafile);
 }

@@ -72,8 +72,11 @@ async function fileDigest(path: string): Promise<string> {
 }
 
 /** Whether this process is the pkg single binary. */
+/** Set to true by the binary build (esbuild `define`); absent when running from source. */
+declare const __WARD_SINGLE_BINARY__: boolean | undefined;
+
 export function isSingleBinary(): boolean {
-  return (process as { pkg?: unknown }).pkg !== undefined;
+  return typeof __WARD_SINGLE_BINARY__ !== 'undefined' && __WARD_SINGLE_BINARY__ === true;
 }
 
 async function sourceTreeDigest(): Promise<string> {

@@ -124,6 +124,8 @@ for (const target of Object.keys(RUNNERS)) {
         join(dir, 'dev'),
         '--modbus-port',
         String(modbusPort),
+        '--opcua-port',
+        '0',
         '--mqtt-port',
         String(mqttPort),
         '--ws-port',
@@ -146,6 +148,19 @@ for (const target of Object.keys(RUNNERS)) {
     );
     t.is(device.id, 'dev-gw-1');
     t.true(existsSync(join(cache, 'native')), 'the embedded LevelDB addon was extracted to the cache folder');
+    // Telemetry inside the binary: gateway health (from /proc), the press PLC (Modbus collector) over Sparkplug B.
+    const telemetry = await waitFor(
+      `${target} Sparkplug telemetry in the controller`,
+      async () => {
+        const { body } = await getJson<{ online?: boolean; metrics?: Record<string, unknown>; devices?: Record<string, { metrics: Record<string, unknown> }> }>(
+          `http://127.0.0.1:${apiPort}/api/devices/dev-gw-1/telemetry`,
+        );
+        return body.online && body.metrics?.['Gateway/Memory/UsedPercent'] && body.devices?.['press-1']?.metrics.cycles ? body : undefined;
+      },
+      120_000,
+      500,
+    );
+    t.truthy(telemetry.metrics?.['Ward/Lifecycle']);
     dev.child.kill('SIGINT');
     t.is(await dev.exited, 0, dev.output().slice(-2000));
   });
