@@ -147,6 +147,37 @@ export interface TelemetrySource {
   latest(): readonly TelemetrySample[];
 }
 
+/**
+ * The usual TelemetrySource of a plugin: it keeps the last sample of every point and hands each new one to every
+ * listener; a listener that throws is logged and does not stop the others (nor the collector that emits).
+ */
+export class TelemetryFanout implements TelemetrySource {
+  readonly #listeners = new Set<(sample: TelemetrySample) => void>();
+  readonly #latest = new Map<string, TelemetrySample>();
+
+  constructor(private readonly log: PluginLogger) {}
+
+  emit(sample: TelemetrySample): void {
+    this.#latest.set(`${sample.device}\u0000${sample.point}`, sample);
+    for (const listener of this.#listeners) {
+      try {
+        listener(sample);
+      } catch (err) {
+        this.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'a telemetry listener failed');
+      }
+    }
+  }
+
+  subscribe(listener: (sample: TelemetrySample) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  latest(): readonly TelemetrySample[] {
+    return [...this.#latest.values()];
+  }
+}
+
 /** The proxy side of a protocol plugin, driven by the enforcer. */
 export interface ProtocolProxy {
   /**

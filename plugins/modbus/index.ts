@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { definePlugin, PLUGIN_API_VERSION, type TelemetrySample } from '../api/index.js';
+import { definePlugin, PLUGIN_API_VERSION, TelemetryFanout } from '../api/index.js';
 import { collectorConfigSchema, ModbusCollector } from './collector.js';
 import { ModbusProxy } from './proxy.js';
 import { checkOps, VOCABULARY } from './rules.js';
@@ -57,37 +57,13 @@ export default definePlugin({
       maxConnectionsPerClient: ctx.config.maxConnectionsPerClient,
       auditWindowMs: ctx.config.auditWindowSeconds * 1000,
     });
-    const listeners = new Set<(s: TelemetrySample) => void>();
-    const latest = new Map<string, TelemetrySample>();
+    const telemetry = new TelemetryFanout(ctx.log);
     const collector = ctx.config.collector
-      ? new ModbusCollector(ctx.config.collector, {
-          now: () => ctx.clock.now(),
-          log: ctx.log,
-          onSample(sample) {
-            latest.set(`${sample.device}\u0000${sample.point}`, sample);
-            for (const l of listeners) {
-              try {
-                l(sample);
-              } catch (err) {
-                ctx.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'a telemetry listener failed');
-              }
-            }
-          },
-        })
+      ? new ModbusCollector(ctx.config.collector, { now: () => ctx.clock.now(), log: ctx.log, onSample: (sample) => telemetry.emit(sample) })
       : undefined;
     return {
       proxy,
-      ...(collector
-        ? {
-            telemetry: {
-              subscribe(listener: (s: TelemetrySample) => void) {
-                listeners.add(listener);
-                return () => listeners.delete(listener);
-              },
-              latest: () => [...latest.values()],
-            },
-          }
-        : {}),
+      ...(collector ? { telemetry } : {}),
       async start() {
         collector?.start();
       },
@@ -101,7 +77,7 @@ export default definePlugin({
           ...(collector
             ? {
                 collector: collector.status(),
-                latest: [...latest.values()].map((s) => ({ device: s.device, point: s.point, value: s.value, quality: s.quality })),
+                latest: telemetry.latest().map((s) => ({ device: s.device, point: s.point, value: s.value, quality: s.quality })),
               }
             : {}),
         };

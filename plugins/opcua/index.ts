@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { format } from 'node:util';
 import type { OPCUACertificateManager } from 'node-opcua-certificate-manager';
-import { definePlugin, PLUGIN_API_VERSION, type PluginLogger, type TelemetrySample } from '../api/index.js';
+import { definePlugin, PLUGIN_API_VERSION, type PluginLogger, TelemetryFanout } from '../api/index.js';
 import { ServerConnection, type Ua } from './client.js';
 import { configSchema } from './config.js';
 
@@ -40,24 +40,12 @@ export default definePlugin({
   configSchema,
   create(ctx) {
     const config = ctx.config;
-    const listeners = new Set<(s: TelemetrySample) => void>();
-    const latest = new Map<string, TelemetrySample>();
+    const telemetry = new TelemetryFanout(ctx.log);
     const connections: ServerConnection[] = [];
     let certificateManager: OPCUACertificateManager | undefined;
     let boot: Promise<void> | undefined;
     let bootError: string | null = null;
     let stopped = false;
-
-    const emit = (sample: TelemetrySample) => {
-      latest.set(`${sample.device}\u0000${sample.point}`, sample);
-      for (const l of listeners) {
-        try {
-          l(sample);
-        } catch (err) {
-          ctx.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'a telemetry listener failed');
-        }
-      }
-    };
 
     /** Loads node-opcua and starts every connection; runs in the background so start() never waits on it. */
     const load = async () => {
@@ -86,7 +74,7 @@ export default definePlugin({
           audit: ctx.audit,
           now: () => ctx.clock.now(),
           emit: (s) => {
-            if (!stopped) emit(s);
+            if (!stopped) telemetry.emit(s);
           },
         });
         connections.push(connection);
@@ -95,13 +83,7 @@ export default definePlugin({
     };
 
     return {
-      telemetry: {
-        subscribe(listener: (s: TelemetrySample) => void) {
-          listeners.add(listener);
-          return () => listeners.delete(listener);
-        },
-        latest: () => [...latest.values()],
-      },
+      telemetry,
       async start() {
         if (config.servers.length === 0 || boot) return;
         boot = load().catch((err: unknown) => {
@@ -115,7 +97,6 @@ export default definePlugin({
         await boot;
         await Promise.allSettled(connections.map((c) => c.stop()));
         await certificateManager?.dispose().catch(() => {});
-        listeners.clear();
       },
       status() {
         return {

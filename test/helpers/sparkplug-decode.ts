@@ -291,7 +291,7 @@ class Reader {
     }
   }
 
-  skip(field: number, wire: number, at: number): void {
+  skipField(field: number, wire: number, at: number): void {
     switch (wire) {
       case WIRE_VARINT:
         this.varint();
@@ -313,7 +313,7 @@ class Reader {
             if (t.field !== field) this.fail(`end-group ${t.field} does not match start-group ${field}`, t.at);
             return;
           }
-          this.skip(t.field, t.wire, t.at);
+          this.skipField(t.field, t.wire, t.at);
         }
       default:
         this.fail(`unexpected ${WIRE_NAMES[wire]} for field ${field}`, at);
@@ -408,7 +408,7 @@ function decodeMetaData(r: Reader): DecodedMetaData {
     } else if (s !== undefined) {
       expectWire(r, field, s, 'string', wire, at);
       md[s] = r.string();
-    } else r.skip(field, wire, at);
+    } else r.skipField(field, wire, at);
   }
   return md;
 }
@@ -439,7 +439,7 @@ function decodePropertyValue(r: Reader): DecodedPropertyValue {
     } else if (field === 11) {
       expectWire(r, field, 'extension_value', 'message', wire, at);
       value = r.bytes();
-    } else r.skip(field, wire, at);
+    } else r.skipField(field, wire, at);
   }
   if (type === undefined) r.fail('PropertyValue without a type');
   return { type, value: isNull ? null : interpretSigned(type, value) };
@@ -456,7 +456,7 @@ function decodePropertySet(r: Reader): DecodedPropertySet {
     } else if (field === 2) {
       expectWire(r, field, 'values', 'message', wire, at);
       values.push(decodePropertyValue(r.sub(`values[${values.length}]`)));
-    } else r.skip(field, wire, at);
+    } else r.skipField(field, wire, at);
   }
   // tck-id-payloads-propertyset-keys-array-size / -values-array-size
   if (keys.length !== values.length) r.fail(`PropertySet has ${keys.length} key(s) but ${values.length} value(s)`);
@@ -475,7 +475,7 @@ function decodePropertySetList(r: Reader): DecodedPropertySet[] {
     if (field === 1) {
       expectWire(r, field, 'propertyset', 'message', wire, at);
       sets.push(decodePropertySet(r.sub(`propertyset[${sets.length}]`)));
-    } else r.skip(field, wire, at);
+    } else r.skipField(field, wire, at);
   }
   return sets;
 }
@@ -491,7 +491,7 @@ function decodeDataSetValue(r: Reader): ScalarValue | undefined {
     } else if (field === 7) {
       expectWire(r, field, 'extension_value', 'message', wire, at);
       value = r.bytes();
-    } else r.skip(field, wire, at);
+    } else r.skipField(field, wire, at);
   }
   return value;
 }
@@ -524,10 +524,10 @@ function decodeDataSet(r: Reader): DecodedDataSet {
         if (t.field === 1) {
           expectWire(row, t.field, 'elements', 'message', t.wire, t.at);
           cells.push(decodeDataSetValue(row.sub(`elements[${cells.length}]`)));
-        } else row.skip(t.field, t.wire, t.at);
+        } else row.skipField(t.field, t.wire, t.at);
       }
       ds.rows.push(cells);
-    } else r.skip(field, wire, at);
+    } else r.skipField(field, wire, at);
   }
   ds.rows = ds.rows.map((row) => row.map((cell, i) => interpretSigned(ds.types[i], cell)));
   return ds;
@@ -551,7 +551,7 @@ function decodeParameter(r: Reader): DecodedParameter {
     } else if (field === 9) {
       expectWire(r, field, 'extension_value', 'message', wire, at);
       p.value = r.bytes();
-    } else r.skip(field, wire, at);
+    } else r.skipField(field, wire, at);
   }
   if (p.value !== undefined) p.value = interpretSigned(p.type, p.value);
   return p;
@@ -576,7 +576,7 @@ function decodeTemplate(r: Reader): DecodedTemplate {
     } else if (field === 5) {
       expectWire(r, field, 'is_definition', 'bool', wire, at);
       t.isDefinition = r.varint() !== 0n;
-    } else r.skip(field, wire, at);
+    } else r.skipField(field, wire, at);
   }
   return t;
 }
@@ -647,7 +647,7 @@ function decodeMetric(r: Reader): DecodedMetric {
         m.properties = decodePropertySet(r.sub('properties'));
         break;
       default:
-        r.skip(field, wire, at);
+        r.skipField(field, wire, at);
     }
   }
   if (m.datatype !== undefined) {
@@ -686,7 +686,7 @@ export function decodeSparkplug(buf: Uint8Array): DecodedPayload {
         p.body = r.bytes();
         break;
       default:
-        r.skip(field, wire, at); // includes the extension range 6..max
+        r.skipField(field, wire, at); // includes the extension range 6..max
     }
   }
   return p;
