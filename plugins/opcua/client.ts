@@ -50,7 +50,8 @@ import {
   selectEndpoint,
   type UserTokenTypeName,
 } from './posture.js';
-import { type DataValueLike, mapDataValue, statusName } from './values.js';
+import { TRANSPORT_LIMITS } from './transport.js';
+import { type DataValueLike, mapDataValue, printable, statusName } from './values.js';
 
 export type Ua = typeof import('node-opcua-client');
 
@@ -128,7 +129,8 @@ const MONITOR_CONCURRENCY = 8;
 /** ReferenceType HasProperty (ns=0;i=46). */
 const HAS_PROPERTY = 46;
 
-const errorMessage = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+/** Error text can come from the server (a TCP ERR reason): control characters stripped, length bounded. */
+const errorMessage = (err: unknown): string => printable(err instanceof Error ? err.message : String(err), 300);
 
 /** node-opcua's EndpointDescription as posture.ts reads it. */
 export function toEndpointInfo(e: EndpointDescription): EndpointInfo {
@@ -321,6 +323,7 @@ export class ServerConnection {
       // channel later, and that repair always retries forever within these delays.
       connectionStrategy: { initialDelay: settings.reconnect.initialDelayMs, maxDelay: settings.reconnect.maxDelayMs, maxRetry: 1 },
       keepSessionAlive: true,
+      transportSettings: { ...TRANSPORT_LIMITS },
       requestedSessionTimeout: Math.max(60_000, 3 * settings.requestTimeoutMs),
       defaultTransactionTimeout: settings.requestTimeoutMs,
       transportTimeout: settings.requestTimeoutMs,
@@ -460,6 +463,7 @@ export class ServerConnection {
       securityPolicy: ua.SecurityPolicy.None,
       clientCertificateManager: this.#deps.certificateManager,
       connectionStrategy: { initialDelay: 100, maxDelay: 200, maxRetry: 0 },
+      transportSettings: { ...TRANSPORT_LIMITS },
       defaultTransactionTimeout: settings.requestTimeoutMs,
       transportTimeout: settings.requestTimeoutMs,
     });
@@ -811,7 +815,8 @@ export class ServerConnection {
   async #disconnect(client: OPCUAClient): Promise<void> {
     if (!this.#clients.delete(client)) return;
     try {
-      await withTimeout(client.disconnect(), this.#deps.settings.requestTimeoutMs, 'disconnect');
+      // Bounded well inside the host's stop timeout: a silent server must not hold up the agent's stop.
+      await withTimeout(client.disconnect(), Math.min(this.#deps.settings.requestTimeoutMs, 3_000), 'disconnect');
     } catch (err) {
       this.#deps.log.debug({ server: this.#server.name, err: errorMessage(err) }, 'OPC UA disconnect did not finish cleanly');
     }

@@ -106,6 +106,16 @@ const serverSchema = z
     if (s.nodes.length === 0 && !s.browse) {
       ctx.addIssue({ code: 'custom', path: ['nodes'], message: `server "${s.name}": give at least one node, or browse` });
     }
+    // Only an encrypted channel to a pinned certificate protects a password: over None, node-opcua encrypts it with
+    // whatever certificate the (unauthenticated) server hands back, or sends it in clear; over Sign the check of
+    // the token policy would read an unauthenticated endpoint list.
+    if (s.userIdentity !== 'anonymous' && s.securityMode !== 'SignAndEncrypt') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['userIdentity'],
+        message: `server "${s.name}": a user name and password need securityMode SignAndEncrypt (with the server certificate pinned)`,
+      });
+    }
     const seen = new Set<string>();
     s.nodes.forEach((n, i) => {
       // Samples are keyed by point name, so two nodes with one name would overwrite each other downstream.

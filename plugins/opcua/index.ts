@@ -4,6 +4,8 @@ import type { OPCUACertificateManager } from 'node-opcua-certificate-manager';
 import { definePlugin, PLUGIN_API_VERSION, type PluginLogger, TelemetryFanout } from '../api/index.js';
 import { ServerConnection, type Ua } from './client.js';
 import { configSchema } from './config.js';
+import { clampTransportLimits } from './transport.js';
+import { printable } from './values.js';
 
 /**
  * OPC UA: telemetry from machines' OPC UA servers (one session and one subscription per server, client.ts) with
@@ -21,14 +23,31 @@ import { configSchema } from './config.js';
  * what matters itself). Process-wide by nature: the last started instance wins, a stopped one drops the lines.
  */
 function bridgeLogs(ua: Ua, log: PluginLogger, active: () => boolean): void {
-  const line = (args: unknown[]) => format(...args.slice(1)).slice(0, 2000);
+  // Control characters stripped and lines cut: the text can come from a server on the PLC network.
+  const line = (args: unknown[]) => printable(format(...args.slice(1)), 500);
+  // A peer can make node-opcua log on every packet: at most LOG_BURST lines a minute reach the agent's log.
+  let windowStart = 0;
+  let lines = 0;
+  const allowed = () => {
+    const now = Date.now();
+    if (now - windowStart > 60_000) {
+      windowStart = now;
+      lines = 0;
+    }
+    return active() && ++lines <= LOG_BURST;
+  };
   ua.setWarningLogger((...args: unknown[]) => {
-    if (active()) log.debug({ source: 'node-opcua' }, line(args));
+    if (allowed()) log.debug({ source: 'node-opcua' }, line(args));
   });
   ua.setErrorLogger((...args: unknown[]) => {
-    if (active()) log.warn({ source: 'node-opcua' }, line(args));
+    if (allowed()) log.warn({ source: 'node-opcua' }, line(args));
   });
+  // Debug goes to the raw console otherwise, and with NODEOPCUADEBUG set node-opcua's debug output includes the
+  // user identity (the password): never.
+  ua.setDebugLogger(() => {});
 }
+
+const LOG_BURST = 60;
 
 export default definePlugin({
   manifest: {
@@ -49,20 +68,25 @@ export default definePlugin({
 
     /** Loads node-opcua and starts every connection; runs in the background so start() never waits on it. */
     const load = async () => {
-      const [ua, { OPCUACertificateManager }] = await Promise.all([import('node-opcua-client'), import('node-opcua-certificate-manager')]);
+      const [ua, { OPCUACertificateManager }] = await Promise.all([
+        import('node-opcua-client'),
+        import('node-opcua-certificate-manager'),
+        clampTransportLimits(),
+      ]);
       if (stopped) return;
       bridgeLogs(ua, ctx.log, () => !stopped);
       // The client's own certificate and key: created on first connect (slow: RSA key generation), then reused.
       // Unknown server certificates are never accepted here: ServerConnection pins them by fingerprint.
-      certificateManager = new OPCUACertificateManager({
+      const manager = new OPCUACertificateManager({
         rootFolder: config.pkiDir ?? join(ctx.dataDir, 'pki'),
         automaticallyAcceptUnknownCertificate: false,
         disableFileWatchers: true,
       });
+      certificateManager = manager;
       for (const server of config.servers) {
         const connection = new ServerConnection(server, {
           ua,
-          certificateManager,
+          certificateManager: manager,
           settings: {
             publishingIntervalMs: config.publishingIntervalMs,
             reconnect: config.reconnect,

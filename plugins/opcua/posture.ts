@@ -157,9 +157,15 @@ function certificateFindings(der: Uint8Array, now: number): Finding[] {
       detail: `the server certificate is valid only from ${new Date(notBefore).toISOString()}: check the server's clock`,
     });
   }
-  const bits = leaf.publicKey.asymmetricKeyDetails?.modulusLength;
-  if (leaf.publicKey.asymmetricKeyType === 'rsa' && bits !== undefined && bits < 2048) {
-    out.push({ id: 'certificate-weak-key', severity: 'medium', subject, detail: `the server certificate has a ${bits}-bit RSA key (2048 is the minimum)` });
+  let key: { type: string | undefined; bits: number | undefined } | undefined;
+  try {
+    // An unknown key algorithm parses as a certificate but throws here: that must not stop the assessment.
+    key = { type: leaf.publicKey.asymmetricKeyType, bits: leaf.publicKey.asymmetricKeyDetails?.modulusLength };
+  } catch {
+    out.push({ id: 'certificate-unreadable', severity: 'medium', subject, detail: 'the server certificate has a public key this agent cannot read' });
+  }
+  if (key?.type === 'rsa' && key.bits !== undefined && key.bits < 2048) {
+    out.push({ id: 'certificate-weak-key', severity: 'medium', subject, detail: `the server certificate has a ${key.bits}-bit RSA key (2048 is the minimum)` });
   }
   let selfSigned = false;
   try {
@@ -238,10 +244,15 @@ export function assessEndpoints(endpoints: readonly EndpointInfo[], now: number)
     }
   }
   for (const der of certificates.values()) for (const f of certificateFindings(der, now)) add(f);
-  return [...found.values()].sort(
+  const sorted = [...found.values()].sort(
     (a, b) => SEVERITY_ORDER[a.severity] - SEVERITY_ORDER[b.severity] || a.id.localeCompare(b.id) || a.subject.localeCompare(b.subject),
   );
+  // The endpoint list comes from an unauthenticated server: bounded, so it cannot flood the audit journal.
+  return sorted.slice(0, MAX_FINDINGS).map((f) => ({ ...f, subject: f.subject.slice(0, 120), detail: f.detail.slice(0, 300) }));
 }
+
+/** Findings per assessment at most; the most severe are kept. */
+export const MAX_FINDINGS = 50;
 
 export function findingKey(f: Pick<Finding, 'id' | 'subject'>): string {
   return `${f.id}\u0000${f.subject}`;

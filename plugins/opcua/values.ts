@@ -159,9 +159,17 @@ export function mapDataValue(dv: DataValueLike, now: number): MappedValue {
   const arrayType = variant.arrayType ?? 0;
   if (arrayType === 0) {
     const s = scalar(variant.dataType, variant.value);
+    if (s.ok && typeof s.value === 'string' && s.value.length > MAX_ARRAY_JSON) {
+      return { quality: 'bad', value: null, timestamp, error: `a text of ${s.value.length} characters is too large to publish` };
+    }
     return s.ok ? { quality: 'good', value: s.value, timestamp, dataType: s.dataType } : { quality: 'bad', value: null, timestamp, error: s.error };
   }
   if (arrayType !== 1) return { quality: 'bad', value: null, timestamp, error: 'matrices are not published' };
+  const length = (variant.value as ArrayLike<unknown>).length;
+  // Refused before converting: even one-digit elements need two characters each in JSON.
+  if (typeof length !== 'number' || length > MAX_ARRAY_JSON / 2) {
+    return { quality: 'bad', value: null, timestamp, error: `array of ${length} elements is too large to publish` };
+  }
   const elements: (number | boolean | string)[] = [];
   for (const item of Array.from(variant.value as ArrayLike<unknown>)) {
     const s = scalar(variant.dataType, item);
@@ -171,4 +179,10 @@ export function mapDataValue(dv: DataValueLike, now: number): MappedValue {
   const json = JSON.stringify(elements);
   if (json.length > MAX_ARRAY_JSON) return { quality: 'bad', value: null, timestamp, error: `array of ${elements.length} elements is too large to publish` };
   return { quality: 'good', value: json, timestamp, dataType: 'String' };
+}
+
+/** Text a server chose (error reasons, log lines): control characters and escapes removed, length bounded. */
+export function printable(text: string, max: number): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: removing control characters is this pattern's purpose
+  return text.replace(/[\u0000-\u001f\u007f]+/g, ' ').slice(0, max);
 }

@@ -12,6 +12,7 @@ import {
   type EndpointInfo,
   type Finding,
   formatFingerprint,
+  MAX_FINDINGS,
   passwordInClear,
   policyName,
   selectEndpoint,
@@ -228,4 +229,11 @@ test('certificate helpers: DER chains, fingerprints, endpoint selection, policy 
   t.is(selectEndpoint(endpoints, 'Sign', 'Basic256Sha256'), undefined);
   t.is(policyName('http://opcfoundation.org/UA/SecurityPolicy#Aes128_Sha256_RsaOaep'), 'Aes128_Sha256_RsaOaep');
   t.is(policyName(null), '');
+});
+
+test('an unauthenticated endpoint list cannot flood the journal: findings are capped, texts cut', (t) => {
+  const many = Array.from({ length: 5000 }, (_, i) => ep('Sign', `Policy${i}${'x'.repeat(500)}`, [{ type: 'Anonymous' }]));
+  const findings = assessEndpoints(many, Date.now());
+  t.is(findings.length, MAX_FINDINGS);
+  t.true(findings.every((f) => f.subject.length <= 120 && f.detail.length <= 300));
 });

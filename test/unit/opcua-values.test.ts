@@ -1,7 +1,8 @@
 import test from 'ava';
 import { configSchema } from '../../plugins/opcua/config.js';
 import { CncModel } from '../../plugins/opcua/sim.js';
-import { BuiltinType, type DataValueLike, MAX_ARRAY_JSON, mapDataValue } from '../../plugins/opcua/values.js';
+import { clampTransportLimits, TRANSPORT_LIMITS } from '../../plugins/opcua/transport.js';
+import { BuiltinType, type DataValueLike, MAX_ARRAY_JSON, mapDataValue, printable } from '../../plugins/opcua/values.js';
 
 // values.ts maps node-opcua DataValues without importing node-opcua: these are the shapes node-opcua produces
 // (Int64 as [high, low] words, StatusCode {value, name}, Date timestamps), written out by hand.
@@ -182,4 +183,39 @@ test('the CNC model runs machining cycles: parts counted, spindle and temperatur
   t.true(Number(model.values['Parts/Count']) > 5, `parts: ${model.values['Parts/Count']}`);
   t.true(maxSpeed >= 8000 && maxSpeed <= 12_100, `max speed ${maxSpeed}`);
   t.true(maxTemperature > 30, `max temperature ${maxTemperature}`);
+});
+
+test('config: a user name and password only over SignAndEncrypt (the review: None would hand the password to any server)', (t) => {
+  const user = { username: 'ward', passwordFile: '/etc/ward/plc.pass' };
+  t.regex(problems({ servers: [server({ securityMode: 'None', userIdentity: user })] }).join(), /userIdentity: .*need securityMode SignAndEncrypt/);
+  t.regex(problems({ servers: [server({ securityMode: 'Sign', userIdentity: user })] }).join(), /need securityMode SignAndEncrypt/);
+  t.deepEqual(problems({ servers: [server({ securityMode: 'SignAndEncrypt', userIdentity: user })] }), []);
+});
+
+test('a server cannot make the agent hold huge texts or convert huge arrays', (t) => {
+  const long = mapDataValue(dv(BuiltinType.String, 'x'.repeat(MAX_ARRAY_JSON + 1)), NOW);
+  t.is(long.quality, 'bad');
+  t.regex(long.error ?? '', /too large/);
+  const huge = { length: 10_000_000 } as ArrayLike<number>;
+  const arr = mapDataValue({ value: { dataType: BuiltinType.Double, arrayType: 1, value: huge }, statusCode: GOOD, sourceTimestamp: SOURCE }, NOW);
+  t.is(arr.quality, 'bad', 'refused from its length, before any element is converted');
+  t.is(printable('a\u001b[31mred\r\nline', 100), 'a [31mred line');
+});
+
+test('transport limits a server announces are clamped to Ward\u2019s (node-opcua would otherwise take them as its own)', async (t) => {
+  await clampTransportLimits();
+  await clampTransportLimits(); // idempotent
+  const { TCP_transport } = await import('node-opcua-transport');
+  const transport = new TCP_transport() as unknown as {
+    setLimits(l: Record<string, number>): void;
+    receiveBufferSize: number;
+    maxMessageSize: number;
+    maxChunkCount: number;
+  };
+  transport.setLimits({ receiveBufferSize: 0x7fffffff, sendBufferSize: 0x7fffffff, maxMessageSize: 0, maxChunkCount: 0 });
+  t.is(transport.receiveBufferSize, TRANSPORT_LIMITS.receiveBufferSize);
+  t.is(transport.maxMessageSize, TRANSPORT_LIMITS.maxMessageSize);
+  t.is(transport.maxChunkCount, TRANSPORT_LIMITS.maxChunkCount);
+  transport.setLimits({ receiveBufferSize: 8192, sendBufferSize: 8192, maxMessageSize: 65_536, maxChunkCount: 8 });
+  t.is(transport.receiveBufferSize, 8192, 'smaller limits are kept');
 });
