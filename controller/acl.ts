@@ -11,20 +11,25 @@ export { claimUsername, enrollUsername, parseClaimUsername, parseEnrollUsername 
  * - an enrollment token account: publish its request, read its response;
  * - a claim account: read its claim's bundle, nothing else;
  * - the controller: the whole `ward/v1/…` tree, and all of Sparkplug B (`spBv1.0/…`: it is the primary host);
+ * - an observer (a SCADA, a historian, a person with a Sparkplug tool): reads Sparkplug B, publishes nothing;
  * - a device, as a Sparkplug edge node named by its id: its own NBIRTH/NDATA/NDEATH and
  *   DBIRTH/DDATA/DDEATH in any group; it reads its own NCMD/DCMD and host STATE messages.
  * Anything else (`$SYS`, other roots, wildcards reaching across devices) is denied.
  */
 export type Principal =
   | { readonly kind: 'controller' }
+  | { readonly kind: 'observer' }
   | { readonly kind: 'device'; readonly id: string }
   | { readonly kind: 'enroll'; readonly codeId: string }
   | { readonly kind: 'claim'; readonly claimId: string };
 
 /** The controller's certificate CN: ':' can never occur in a device id, so no device can claim it. */
 export const CONTROLLER_IDENTITY = 'ward:controller';
-export function principalFromCertificateCn(cn: string | undefined): Extract<Principal, { kind: 'controller' | 'device' }> | undefined {
+/** A read-only Sparkplug consumer's certificate CN (issued by the fleet CA, e.g. by `ward dev`). */
+export const OBSERVER_IDENTITY = 'ward:observer';
+export function principalFromCertificateCn(cn: string | undefined): Extract<Principal, { kind: 'controller' | 'device' | 'observer' }> | undefined {
   if (cn === CONTROLLER_IDENTITY) return { kind: 'controller' };
+  if (cn === OBSERVER_IDENTITY) return { kind: 'observer' };
   if (cn !== undefined && isDeviceId(cn)) return { kind: 'device', id: cn };
   return undefined;
 }
@@ -44,6 +49,7 @@ export function canPublish(p: Principal, topic: string): boolean {
     case 'enroll':
       return topic === `${ENROLL_ROOT}/${p.codeId}/req`;
     case 'claim':
+    case 'observer':
       return false;
   }
 }
@@ -62,6 +68,8 @@ export function canSubscribe(p: Principal, filter: string): boolean {
       return unshared === `${ENROLL_ROOT}/${p.codeId}/res`;
     case 'claim':
       return unshared === `${CLAIM_ROOT}/${p.claimId}/bundle`;
+    case 'observer':
+      return under(unshared, SPB_NAMESPACE);
   }
 }
 
@@ -82,6 +90,8 @@ export function clientIdAllowed(p: Principal, clientId: string): boolean {
       return clientId === `ward-enroll-${p.codeId}`;
     case 'claim':
       return clientId === `ward-claim-${p.claimId}`;
+    case 'observer':
+      return clientId.startsWith('ward-observer-');
   }
 }
 

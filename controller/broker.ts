@@ -74,7 +74,8 @@ export async function startEmbeddedBroker(options: { host: string; tcpPort: numb
         const principal = principalFromCertificateCn(cn);
         if (principal === undefined) return refuse(`certificate CN ${JSON.stringify(cn)} names no Ward identity`, 5, cn ?? '?');
         if (!clientIdAllowed(principal, client.id)) return refuse(`client id ${JSON.stringify(client.id)} does not belong to ${cn}`, 2, cn ?? '?');
-        if (principal.kind === 'controller') {
+        // An observer's certificate is issued by the fleet CA like the controller's; it can only read Sparkplug.
+        if (principal.kind === 'controller' || principal.kind === 'observer') {
           principals.set(client, principal);
           return done(null, true);
         }
@@ -198,6 +199,8 @@ function describe(p: Principal | undefined): string {
       return `_enroll-${p.codeId}`;
     case 'claim':
       return `_claim-${p.claimId}`;
+    case 'observer':
+      return 'ward:observer';
     case 'controller':
       return 'ward:controller';
   }

@@ -16,7 +16,7 @@ import { createCsr, generateTlsKey, issueClientCert, issueServerCert } from '../
 import { ensurePrivateDir } from '../agent/state/files.js';
 import { WARD_VERSION } from '../agent/version.js';
 import { makeCredential } from '../hardware/tpm/tpm2-tools.js';
-import { CONTROLLER_IDENTITY } from './acl.js';
+import { CONTROLLER_IDENTITY, OBSERVER_IDENTITY } from './acl.js';
 import { createApiServer, loopbackHosts } from './api.js';
 import { AttestationService } from './attestation.js';
 import { AuditIngest } from './audit.js';
@@ -75,13 +75,25 @@ export interface ControllerDeps {
 }
 
 /** The controller's own broker identity: a client certificate (CN ward:controller) from the fleet CA, made at start. */
-async function controllerClientIdentity(ca: ControllerFleet['ca'], clock: Clock): Promise<{ ca: Buffer; cert: Buffer; key: Buffer }> {
+function controllerClientIdentity(ca: ControllerFleet['ca'], clock: Clock): Promise<{ ca: Buffer; cert: Buffer; key: Buffer }> {
+  return fleetClientIdentity(ca, CONTROLLER_IDENTITY, clock);
+}
+
+/**
+ * A read-only Sparkplug identity (CN ward:observer, acl.ts) for a SCADA, a historian or a person with a Sparkplug
+ * tool: it may subscribe to `spBv1.0/#` and publish nothing. `ward dev` writes one to its folder.
+ */
+export function issueObserverIdentity(fleet: ControllerFleet, clock: Clock = systemClock): Promise<{ ca: Buffer; cert: Buffer; key: Buffer }> {
+  return fleetClientIdentity(fleet.ca, OBSERVER_IDENTITY, clock);
+}
+
+async function fleetClientIdentity(ca: ControllerFleet['ca'], commonName: string, clock: Clock): Promise<{ ca: Buffer; cert: Buffer; key: Buffer }> {
   const { privateKeyPem } = await generateTlsKey();
-  const csrPem = await createCsr({ privateKeyPem, commonName: CONTROLLER_IDENTITY });
+  const csrPem = await createCsr({ privateKeyPem, commonName });
   const now = clock.now();
   const cert = await issueClientCert(ca, {
     csrPem,
-    commonName: CONTROLLER_IDENTITY,
+    commonName,
     notBefore: new Date(now - 300_000),
     notAfter: new Date(now + 397 * 86_400_000),
   });

@@ -2,7 +2,7 @@ import { pbkdf2Sync, randomBytes } from 'node:crypto';
 import { isAbsolute } from 'node:path';
 import { CODE_ID_PATTERN, claimTopic, enrollTopics, isDeviceId, TOPIC_ROOT } from '../agent/shared/topics.js';
 import { SPB_NAMESPACE } from '../agent/telemetry/sparkplug/topics.js';
-import { CONTROLLER_IDENTITY, claimUsername, enrollUsername } from './acl.js';
+import { CONTROLLER_IDENTITY, claimUsername, enrollUsername, OBSERVER_IDENTITY } from './acl.js';
 
 export { CONTROLLER_IDENTITY, enrollUsername };
 
@@ -112,6 +112,7 @@ export function renderMtlsAcl(devices: readonly string[]): string {
   const ids = unique(devices, 'device id', (id) => isDeviceId(id));
   const blocks = [
     [`user ${CONTROLLER_IDENTITY}`, `topic readwrite ${TOPIC_ROOT}/#`, `topic readwrite ${SPB_NAMESPACE}/#`],
+    [`user ${OBSERVER_IDENTITY}`, `topic read ${SPB_NAMESPACE}/#`],
     ...ids.map((id) => [
       `user ${id}`,
       `topic readwrite ${TOPIC_ROOT}/${id}/#`,

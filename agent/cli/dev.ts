@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import YAML from 'yaml';
 import { type ControllerConfigInput, controllerConfigSchema } from '../../controller/config.js';
-import { type Controller, startController } from '../../controller/controller.js';
+import { type Controller, issueObserverIdentity, startController } from '../../controller/controller.js';
 import { certifyController, initFleet, ROOT_FILE } from '../../controller/fleet.js';
 import { builtinPlugins } from '../../plugins/index.js';
 import { ModbusSimServer } from '../../plugins/modbus/server.js';
@@ -207,6 +207,18 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
     // A second code, for a person to try provisioning another gateway by hand.
     const spare = await enrollment.createCode({ site: DEV_SITE, line: 'line-1', cell: 'cell-2', ttlSeconds: 24 * 3600 });
     const pngFile = join(dir, 'enroll-code.png');
+    // A read-only Sparkplug identity, so a person can watch with any Sparkplug tool (the broker is mutual TLS).
+    const observerDir = join(dir, 'observer');
+    let watch = '';
+    if (controller.fleet) {
+      const observer = await issueObserverIdentity(controller.fleet);
+      await ensurePrivateDir(observerDir);
+      await writeFile(join(observerDir, 'ca.pem'), observer.ca, { mode: 0o600 });
+      await writeFile(join(observerDir, 'cert.pem'), observer.cert, { mode: 0o600 });
+      await writeFile(join(observerDir, 'key.pem'), observer.key, { mode: 0o600 });
+      const { hostname, port } = new URL(controller.brokerUrl);
+      watch = `mosquitto_sub -h ${hostname} -p ${port} --cafile ${join(observerDir, 'ca.pem')} --cert ${join(observerDir, 'cert.pem')} --key ${join(observerDir, 'key.pem')} -i ward-observer-1 -t 'spBv1.0/#' -v`;
+    }
     await writeFile(pngFile, await renderPng(spare.text, { scale: 6 }), { mode: 0o600 });
     const lines = [
       '',
@@ -223,7 +235,8 @@ export async function runDev(options: DevOptions): Promise<DevStack> {
         : '  CNC (OPC UA)   not in this build (node-opcua-server is a development dependency; run `npm run dev` from source)',
       `  telemetry      curl ${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/telemetry   (Sparkplug B: gateway health, press-1, cnc-1)`,
       `  history        curl '${controller.apiUrl}/api/devices/${DEV_DEVICE_ID}/telemetry/history?device=cnc-1&metric=Spindle/Speed'`,
-      `  Sparkplug      spBv1.0/ward/+/${DEV_DEVICE_ID}/# on the broker (edge node ${DEV_DEVICE_ID}, primary host ward-controller)`,
+      `  Sparkplug      group ward, edge node ${DEV_DEVICE_ID}, primary host ward-controller; read-only identity (CN ward:observer) in ${observerDir}:`,
+      `                 ${watch || '(no fleet: the broker is open)'}`,
       `  agent          ${DEV_DEVICE_ID}: ${isOnline ? 'online' : 'NOT online yet (see logs)'}, enrolled by QR code, lifecycle ${agent.lifecycle.state}`,
       `  fleet root     ${fleet.rootFile} (dev passphrase in ${fleet.passphraseFile})`,
       `  configs        ${join(dir, 'agent.yaml')}, ${join(dir, 'controller.yaml')}`,

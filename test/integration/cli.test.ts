@@ -1,9 +1,11 @@
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'ava';
+import mqtt from 'mqtt';
 import { createRoot } from '../../agent/shared/fleet-root.js';
 import { generateSigningKey } from '../../agent/shared/keys.js';
 import { freePort, waitFor } from '../helpers/net.js';
+import { decodeSparkplug } from '../helpers/sparkplug-decode.js';
 import { getJson, spawnWard } from '../helpers/stack.js';
 import { tempDir } from '../helpers/tmp.js';
 
@@ -118,6 +120,26 @@ test('ward dev brings up controller + broker + agent, shows it online, and stops
     500,
   );
   t.is(typeof telemetry.devices?.['cnc-1']?.metrics['Program/Name']?.value, 'string');
+  // What a person with any Sparkplug tool sees, through the read-only identity ward dev wrote: the CNC's data,
+  // decoded here with the tests' own protobuf reader.
+  const observer = join(dir, 'observer');
+  const watcher = await mqtt.connectAsync(`mqtts://127.0.0.1:${mqttPort}`, {
+    ca: await readFile(join(observer, 'ca.pem')),
+    cert: await readFile(join(observer, 'cert.pem')),
+    key: await readFile(join(observer, 'key.pem')),
+    clientId: 'ward-observer-test',
+    protocolVersion: 4,
+    reconnectPeriod: 0,
+  });
+  t.teardown(() => watcher.endAsync(true));
+  const seen: { topic: string; metrics: number }[] = [];
+  watcher.on('message', (topic, payload) => {
+    if (!topic.startsWith('spBv1.0/STATE/')) seen.push({ topic, metrics: decodeSparkplug(payload).metrics.length });
+  });
+  await watcher.subscribeAsync('spBv1.0/#', { qos: 0 });
+  const cncData = await waitFor('CNC data seen by the observer', () => seen.find((m) => m.topic === 'spBv1.0/ward/DDATA/dev-gw-1/cnc-1'), 30_000);
+  t.true(cncData.metrics > 0);
+  t.regex(p.output(), /mosquitto_sub .* -t 'spBv1\.0\/#' -v/);
   t.regex(p.output(), new RegExp(`curl ${api}/api/devices`));
   p.child.kill('SIGINT');
   t.is(await p.exited, 0);

@@ -103,3 +103,17 @@ test('a device is a Sparkplug edge node under its own id only: its births, data 
   t.true(canPublish(controller, 'spBv1.0/STATE/ward-controller'));
   t.true(canPublish(controller, 'spBv1.0/g1/NCMD/gw-a'));
 });
+
+test('an observer (CN ward:observer) reads Sparkplug B and nothing else, and publishes nothing', (t) => {
+  const observer = principalFromCertificateCn('ward:observer');
+  t.deepEqual(observer, { kind: 'observer' });
+  if (observer === undefined) return;
+  t.true(canSubscribe(observer, 'spBv1.0/#'));
+  t.true(canSubscribe(observer, 'spBv1.0/ward/DDATA/gw-a/+'));
+  t.false(canSubscribe(observer, 'ward/v1/#'));
+  t.false(canSubscribe(observer, '#'));
+  for (const topic of ['spBv1.0/ward/NCMD/gw-a', 'spBv1.0/STATE/ward-controller', 'spBv1.0/ward/NDATA/gw-a', 'ward/v1/gw-a/cmd'])
+    t.false(canPublish(observer, topic), topic);
+  t.true(clientIdAllowed(observer, 'ward-observer-scada'));
+  t.false(clientIdAllowed(observer, 'ward-controller-x'));
+});
