@@ -57,6 +57,7 @@ export class TelemetryService {
   readonly #unsubscribe: (() => void)[] = [];
   readonly #badNames = new Set<string>();
   #started = false;
+  #coalesced = 0;
 
   constructor(deps: TelemetryServiceDeps) {
     this.#d = deps;
@@ -101,6 +102,11 @@ export class TelemetryService {
     return [...byName.values()];
   }
 
+  /** Samples folded into a later one of the same point because a source sent faster than they could be batched. */
+  get coalesced(): number {
+    return this.#coalesced;
+  }
+
   deviceMetrics(): Map<string, MetricPoint[]> {
     const out = new Map<string, MetricPoint[]>();
     for (const [device, metrics] of this.#devices) out.set(device, [...metrics.values()]);
@@ -123,6 +129,13 @@ export class TelemetryService {
       this.#pending.set(sample.device, list);
     }
     list.push(point);
+    // A source flooding samples (a server ignoring its sampling interval) must not grow memory or the wire: past
+    // the bound, a machine's pending samples are reduced to the latest value of each point.
+    if (list.length > MAX_PENDING_PER_DEVICE) {
+      const latest = new Map(list.map((p) => [p.name, p]));
+      this.#coalesced += list.length - latest.size;
+      list.splice(0, list.length, ...latest.values());
+    }
     if (this.#d.flushMs === 0) this.#flush();
     else this.#flushTimer ??= setTimeout(() => this.#flush(), this.#d.flushMs);
   }
@@ -160,6 +173,8 @@ export class TelemetryService {
     }
   }
 }
+
+const MAX_PENDING_PER_DEVICE = 1_000;
 
 /** A plugin sample as a metric of the type its first value fixed. */
 export function toMetric(sample: TelemetrySample, fixed: MetricType | undefined): MetricPoint {

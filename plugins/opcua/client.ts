@@ -126,6 +126,9 @@ const SECURITY_MODES: readonly SecurityModeName[] = ['Invalid', 'None', 'Sign', 
 const TOKEN_TYPES: readonly UserTokenTypeName[] = ['Anonymous', 'UserName', 'Certificate', 'IssuedToken'];
 /** CreateMonitoredItems requests in flight per server while subscribing. */
 const MONITOR_CONCURRENCY = 8;
+/** Browse bounds against a server that answers with endless trees: nodes looked at in all, references per request. */
+const MAX_BROWSE_SEEN = 20_000;
+const MAX_REFERENCES_PER_NODE = 1_000;
 /** ReferenceType HasProperty (ns=0;i=46). */
 const HAS_PROPERTY = 46;
 
@@ -623,6 +626,7 @@ export class ServerConnection {
           level.map((l) => ({
             nodeId: l.nodeId,
             browseDirection: ua.BrowseDirection.Forward,
+            requestedMaxReferencesPerNode: MAX_REFERENCES_PER_NODE,
             referenceTypeId: 'HierarchicalReferences',
             includeSubtypes: true,
             nodeClassMask: ua.NodeClassMask.Object | ua.NodeClassMask.Variable,
@@ -643,6 +647,8 @@ export class ServerConnection {
         for (const ref of result.references ?? []) {
           // Properties (EURange, EngineeringUnits, …) describe a variable; they are not values of the machine.
           if (ref.referenceTypeId.namespace === 0 && ref.referenceTypeId.value === HAS_PROPERTY) continue;
+          // The server is untrusted: the set of nodes looked at is bounded, not only the variables taken.
+          if (seen.size >= MAX_BROWSE_SEEN) break;
           const nodeId = ref.nodeId.toString();
           if (seen.has(nodeId)) continue;
           seen.add(nodeId);
@@ -653,7 +659,7 @@ export class ServerConnection {
             if (taken.has(name) || found.length >= browse.maxNodes) continue;
             taken.add(name);
             found.push({ name, nodeId, samplingIntervalMs: browse.samplingIntervalMs });
-          } else if (ref.nodeClass === ua.NodeClass.Object) {
+          } else if (ref.nodeClass === ua.NodeClass.Object && next.length < browse.maxNodes) {
             next.push({ nodeId, path });
           }
         }
