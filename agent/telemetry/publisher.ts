@@ -107,6 +107,8 @@ export class SparkplugPublisher {
   #refused = 0;
   readonly #sent = { messages: 0, metrics: 0, bytes: 0, historical: 0 };
   #lastDroppedSent = -1;
+  /** The buffered batch a replay asked a rebirth for (so a second miss on it drops it instead of looping). */
+  #rebirthForKey: string | undefined;
 
   constructor(deps: SparkplugPublisherDeps) {
     this.#d = deps;
@@ -291,9 +293,19 @@ export class SparkplugPublisher {
       const sent: string[] = [];
       const unsendable: string[] = [];
       for (const { key, batch } of entries) {
-        // A batch whose write failed, or (cannot happen: births declare everything buffered) one naming a metric no
-        // birth declared: dropped and counted, never allowed to block the buffer's head.
-        if (batch === null || this.#node.needsBirth(batch.device, batch.points) !== 'none') {
+        // A metric that appeared while replaying (buffered after these births): born again first, since births
+        // declare everything buffered. The same batch still undeclared after that rebirth, or a batch whose write
+        // failed, is dropped and counted: nothing may block the buffer's head.
+        const undeclared = batch !== null && this.#node.needsBirth(batch.device, batch.points) !== 'none';
+        if (undeclared && this.#rebirthForKey !== key) {
+          if (sent.length === 0) {
+            this.#rebirthForKey = key;
+            this.#requestRebirth('a metric appeared while replaying', true);
+            return;
+          }
+          break;
+        }
+        if (batch === null || undeclared) {
           if (sent.length > 0) break;
           unsendable.push(key);
           continue;

@@ -434,3 +434,31 @@ test('after a restart with buffered data the collectors no longer produce, the b
   t.true(replayed?.payload.metrics[0]?.isHistorical);
   t.is(second.buffer.depth, 0);
 });
+
+test('a machine that appears while the buffer is being replayed is born and its data arrives; nothing buffered is dropped', async (t) => {
+  const broker = await startBroker(t);
+  const edge = await edgeNode(t, broker.url, { primaryHostId: null });
+  edge.publisher.start();
+  await waitFor('live', () => edge.publisher.status().live, 10_000);
+  await broker.close();
+  await waitFor('disconnected', () => !edge.publisher.status().connected, 10_000);
+  for (let i = 0; i < 200; i++) edge.publishDevice('cnc-1', [speed(i, Date.now() - 300_000 + i)]);
+  const again = await startBroker(t, broker.port);
+  const host = await hostApp(t, again.url);
+  await waitFor('reconnected', () => edge.publisher.status().connected, 10_000);
+  // Most likely mid-replay (200 batches go out 4 at a time); the outcome must not depend on it.
+  edge.publishDevice('cnc-new', [{ name: 'Feed/Rate', type: 'Double', value: 321, timestamp: Date.now() }]);
+  await waitFor('everything delivered', () => edge.publisher.status().live && edge.buffer.depth === 0, 15_000);
+  const cnc1 = host
+    .of('DDATA')
+    .filter((s) => s.device === 'cnc-1')
+    .flatMap((s) => s.payload.metrics.map((m) => m.value));
+  t.deepEqual(
+    cnc1,
+    Array.from({ length: 200 }, (_, i) => i),
+  );
+  const fresh = await waitFor('the new machine', () => host.of('DDATA').find((s) => s.device === 'cnc-new'), 5_000);
+  t.is(fresh.payload.metrics[0]?.value, 321);
+  t.truthy(host.of('DBIRTH').find((s) => s.device === 'cnc-new'));
+  t.is(edge.buffer.dropped, 0);
+});
