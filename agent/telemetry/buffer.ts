@@ -88,13 +88,13 @@ export class TelemetryBuffer {
     if (!(options.maxBytes >= 1024)) throw new TypeError('maxBytes must be at least 1024');
     const db = await openDb(options);
     let counter = 0n;
-    const index: IndexEntry[] = [];
+    const stored: { entry: IndexEntry; batch: BufferedBatch }[] = [];
     let unreadable = 0;
     for await (const [key, value] of db.iterator({ gt: 'd:', lt: 'd;' })) {
       counter = BigInt(`0x${key.slice(2)}`) + 1n;
       try {
         const batch = JSON.parse(value) as BufferedBatch;
-        index.push(indexEntry(key, value, batch));
+        stored.push({ entry: indexEntry(key, value, batch), batch });
       } catch {
         unreadable++;
         await db.del(key);
@@ -102,24 +102,13 @@ export class TelemetryBuffer {
     }
     const dropped = Number((await db.get('m:dropped')) ?? 0) || 0;
     const buffer = new TelemetryBuffer(db, options, counter, dropped);
-    for (const e of index) buffer.#push(e);
-    for await (const [, value] of db.iterator({ gt: 'd:', lt: 'd;' })) {
-      try {
-        buffer.#remember(JSON.parse(value) as BufferedBatch);
-      } catch {
-        // Counted above.
-      }
+    for (const { entry, batch } of stored) {
+      buffer.#push(entry);
+      buffer.#remember(batch);
     }
     if (unreadable > 0) {
       options.log.error({ unreadable }, 'telemetry buffer: unreadable batches removed');
-      options.audit.record({
-        category: 'request-error',
-        actor: 'ward-agent',
-        action: 'telemetry.buffer-corrupt',
-        outcome: 'failure',
-        code: ErrorCodes.TELEMETRY_BUFFER_CORRUPT,
-        details: { removedBatches: unreadable },
-      });
+      recordCorrupt(options, { removedBatches: unreadable });
     }
     return buffer;
   }
@@ -177,23 +166,10 @@ export class TelemetryBuffer {
   /** Removes the oldest batches without delivering them, counted as dropped (lost writes, unsendable batches). */
   async discard(keys: readonly string[]): Promise<void> {
     const gone = new Set(keys);
-    let points = 0;
-    let from = Number.POSITIVE_INFINITY;
-    let to = Number.NEGATIVE_INFINITY;
-    while (this.#head < this.#index.length && gone.has((this.#index[this.#head] as IndexEntry).key)) {
-      const e = this.#shift();
-      points += e.points;
-      from = Math.min(from, e.from);
-      to = Math.max(to, e.to);
-    }
+    const lost: IndexEntry[] = [];
+    while (this.#head < this.#index.length && gone.has((this.#index[this.#head] as IndexEntry).key)) lost.push(this.#shift());
     this.#compact();
-    if (points > 0) {
-      this.#dropped += points;
-      const gap = this.#gap ?? { points: 0, batches: 0, from, to };
-      this.#gap = { points: gap.points + points, batches: gap.batches + keys.length, from: Math.min(gap.from, from), to: Math.max(gap.to, to) };
-    }
-    const dropped = String(this.#dropped);
-    this.#chain(() => this.#db.batch([...keys.map((key) => ({ type: 'del' as const, key })), { type: 'put' as const, key: 'm:dropped', value: dropped }]));
+    this.#lose(lost, keys);
     await this.#writes;
   }
 
@@ -273,28 +249,18 @@ export class TelemetryBuffer {
 
   #evict(): void {
     if (this.#bytes <= this.#options.maxBytes) return;
-    const evicted: string[] = [];
-    let points = 0;
-    let from = Number.POSITIVE_INFINITY;
-    let to = Number.NEGATIVE_INFINITY;
+    const evicted: IndexEntry[] = [];
     // Never the batch just appended: one oversized batch still gets through once.
-    while (this.#bytes > this.#options.maxBytes && this.depth > 1) {
-      const e = this.#shift();
-      evicted.push(e.key);
-      points += e.points;
-      from = Math.min(from, e.from);
-      to = Math.max(to, e.to);
-    }
+    while (this.#bytes > this.#options.maxBytes && this.depth > 1) evicted.push(this.#shift());
     this.#compact();
     if (evicted.length === 0) return;
-    this.#dropped += points;
-    const gap = this.#gap ?? { points: 0, batches: 0, from, to };
-    this.#gap = { points: gap.points + points, batches: gap.batches + evicted.length, from: Math.min(gap.from, from), to: Math.max(gap.to, to) };
-    const dropped = String(this.#dropped);
-    this.#chain(() => this.#db.batch([...evicted.map((key) => ({ type: 'del' as const, key })), { type: 'put' as const, key: 'm:dropped', value: dropped }]));
+    this.#lose(
+      evicted,
+      evicted.map((e) => e.key),
+    );
     if (this.#evictingSince === undefined) {
       // Once per outage: the count and span go out with the gap event on reconnect.
-      this.#evictingSince = from;
+      this.#evictingSince = (evicted[0] as IndexEntry).from;
       this.#options.log.warn({ maxBytes: this.#options.maxBytes }, 'telemetry buffer full: evicting the oldest data');
       this.#options.audit.record({
         category: 'control-system',
@@ -305,6 +271,20 @@ export class TelemetryBuffer {
         details: { maxBytes: this.#options.maxBytes, oldestKeptFrom: this.#index[this.#head]?.from ?? null },
       });
     }
+  }
+
+  /** Batches taken off the head without delivery: counted (persisted) into the loss and the gap, deleted. */
+  #lose(lost: readonly IndexEntry[], keys: readonly string[]): void {
+    const points = lost.reduce((n, e) => n + e.points, 0);
+    if (points > 0) {
+      this.#dropped += points;
+      const from = Math.min(...lost.map((e) => e.from));
+      const to = Math.max(...lost.map((e) => e.to));
+      const gap = this.#gap ?? { points: 0, batches: 0, from, to };
+      this.#gap = { points: gap.points + points, batches: gap.batches + lost.length, from: Math.min(gap.from, from), to: Math.max(gap.to, to) };
+    }
+    const dropped = String(this.#dropped);
+    this.#chain(() => this.#db.batch([...keys.map((key) => ({ type: 'del' as const, key })), { type: 'put' as const, key: 'm:dropped', value: dropped }]));
   }
 
   #chain(op: () => Promise<unknown>): void {
@@ -354,14 +334,18 @@ async function openDb(options: TelemetryBufferOptions): Promise<Level<string, st
     const aside = `${options.dir}.aside-${Date.now()}-${randomBytes(3).toString('hex')}`;
     await rename(options.dir, aside).catch(() => undefined);
     options.log.error({ dir: options.dir, movedTo: aside, err: message }, 'telemetry buffer unreadable: moved aside, starting empty');
-    options.audit.record({
-      category: 'request-error',
-      actor: 'ward-agent',
-      action: 'telemetry.buffer-corrupt',
-      outcome: 'failure',
-      code: ErrorCodes.TELEMETRY_BUFFER_CORRUPT,
-      details: { movedTo: aside, message: message.slice(0, 300) },
-    });
+    recordCorrupt(options, { movedTo: aside, message: message.slice(0, 300) });
     return attempt();
   }
+}
+
+function recordCorrupt(options: TelemetryBufferOptions, details: Record<string, unknown>): void {
+  options.audit.record({
+    category: 'request-error',
+    actor: 'ward-agent',
+    action: 'telemetry.buffer-corrupt',
+    outcome: 'failure',
+    code: ErrorCodes.TELEMETRY_BUFFER_CORRUPT,
+    details,
+  });
 }
