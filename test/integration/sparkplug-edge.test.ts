@@ -424,15 +424,18 @@ test('after a restart with buffered data the collectors no longer produce, the b
   const second = await edgeNode(t, broker.url, { primaryHostId: null, dir });
   second.publisher.start();
   await waitFor('live after the replay', () => second.publisher.status().live, 10_000);
+  // `live` is set once the replay is handed to the socket; the host receives it a moment later.
+  const replayed = await waitFor('the replayed machine data at the host', () => host.of('DDATA').find((s) => s.device === 'plc-gone'), 5_000);
+  t.is(replayed.payload.metrics[0]?.value, 5);
+  t.true(replayed.payload.metrics[0]?.isHistorical);
+  t.is(second.buffer.depth, 0);
   t.is(host.of('NBIRTH').length, 1, 'one birth, no rebirth loop');
   const nbirth = host.of('NBIRTH')[0] as Seen;
   t.is(findMetric(nbirth.payload, 'Gateway/Network/usb0/RxBytes')?.value, 42n);
-  const dbirth = host.of('DBIRTH').find((s) => s.device === 'plc-gone');
-  t.truthy(dbirth, 'the buffered machine is born');
-  const replayed = host.of('DDATA').find((s) => s.device === 'plc-gone');
-  t.is(replayed?.payload.metrics[0]?.value, 5);
-  t.true(replayed?.payload.metrics[0]?.isHistorical);
-  t.is(second.buffer.depth, 0);
+  t.truthy(
+    host.of('DBIRTH').find((s) => s.device === 'plc-gone'),
+    'the buffered machine is born',
+  );
 });
 
 test('a machine that appears while the buffer is being replayed is born and its data arrives; nothing buffered is dropped', async (t) => {
@@ -449,10 +452,13 @@ test('a machine that appears while the buffer is being replayed is born and its 
   // Most likely mid-replay (200 batches go out 4 at a time); the outcome must not depend on it.
   edge.publishDevice('cnc-new', [{ name: 'Feed/Rate', type: 'Double', value: 321, timestamp: Date.now() }]);
   await waitFor('everything delivered', () => edge.publisher.status().live && edge.buffer.depth === 0, 15_000);
-  const cnc1 = host
-    .of('DDATA')
-    .filter((s) => s.device === 'cnc-1')
-    .flatMap((s) => s.payload.metrics.map((m) => m.value));
+  const received = () =>
+    host
+      .of('DDATA')
+      .filter((s) => s.device === 'cnc-1')
+      .flatMap((s) => s.payload.metrics.map((m) => m.value));
+  // Handed to the socket is not yet received: wait for the host to have them all (or time out and compare).
+  const cnc1 = await waitFor('every buffered value at the host', () => (received().length >= 200 ? received() : undefined), 5_000).catch(() => received());
   t.deepEqual(
     cnc1,
     Array.from({ length: 200 }, (_, i) => i),
