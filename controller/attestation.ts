@@ -7,7 +7,7 @@ import type { AuditSink } from '../agent/core/audit.js';
 import { type Clock, systemClock } from '../agent/core/clock.js';
 import { describeError, ErrorCodes, WardError } from '../agent/core/errors.js';
 import type { Logger } from '../agent/log.js';
-import type { TrustState } from '../agent/shared/attest/evidence.js';
+import { NO_POLICY_DIGEST, type TrustState } from '../agent/shared/attest/evidence.js';
 import { parseAkPublic } from '../agent/shared/attest/quote.js';
 import { EnvelopeVerifier, type KeyResolver, MemoryReplayCache } from '../agent/shared/envelope.js';
 import { isDeviceId } from '../agent/shared/topics.js';
@@ -57,6 +57,9 @@ export interface AttestationDeps {
   readonly clock?: Clock;
 }
 
+/** Enough for an operator publishing a few corrections in a row while a gateway is offline for a moment. */
+const POLICY_RECENT_MAX = 8;
+
 const findingSchema = z.object({
   check: z.string(),
   message: z.string(),
@@ -79,6 +82,12 @@ const recordSchema = z.object({
   ak: z.object({ publicPem: z.string(), akName: z.string(), ekPublicPem: z.string(), registeredAt: z.number() }).optional(),
   software: z.boolean().optional(),
   policySeen: z.object({ digest: z.string(), since: z.number() }).optional(),
+  /** Policies superseded a moment ago, each accepted until `until` (the gateway may not have applied the newer yet). */
+  policyRecent: z
+    .array(z.object({ digest: z.string(), until: z.number() }))
+    .max(POLICY_RECENT_MAX)
+    .optional(),
+  /** Written by earlier versions (one superseded policy); read into `policyRecent`. */
   policyPrevious: z.object({ digest: z.string(), until: z.number() }).optional(),
   /** Set on the returned record only (not stored): this challenge stopped at a failed key registration. */
   registrationFailed: z.boolean().optional(),
@@ -212,16 +221,24 @@ export class AttestationService {
     // The policy the controller signed last, and the one before for a while: the newest may still be on its way.
     const now = this.#clock.now();
     const published = await this.#d.policyDigest(deviceId);
+    const { policyPrevious, ...current } = record;
+    let recent = [...(record.policyRecent ?? []), ...(policyPrevious ? [policyPrevious] : [])].filter((p) => p.until > now);
     if (published !== undefined && record.policySeen?.digest !== published) {
-      record = {
-        ...record,
-        policySeen: { digest: published, since: now },
-        ...(record.policySeen ? { policyPrevious: { digest: record.policySeen.digest, until: now + this.#d.config.staleAfterSeconds * 1000 } } : {}),
-      };
+      // Until a gateway has fetched and applied a new policy it enforces the one before, or none before its first:
+      // that one passes for `staleAfterSeconds`, after which a gateway still on it is quarantined. Without this, a
+      // challenge landing while the policy is in flight quarantined a healthy gateway (seen under CI load).
+      const superseded = record.policySeen?.digest ?? NO_POLICY_DIGEST;
+      recent = [
+        { digest: superseded, until: now + this.#d.config.staleAfterSeconds * 1000 },
+        ...recent.filter((p) => p.digest !== superseded && p.digest !== published),
+      ].slice(0, POLICY_RECENT_MAX);
+      record = { ...current, policySeen: { digest: published, since: now }, policyRecent: recent };
+    } else {
+      record = { ...current, policyRecent: recent };
     }
     const policyDigests = new Set<string>();
     if (published !== undefined) policyDigests.add(published);
-    if (record.policyPrevious && record.policyPrevious.until > now) policyDigests.add(record.policyPrevious.digest);
+    for (const p of recent) policyDigests.add(p.digest);
     // Single use: whatever the outcome, this challenge cannot be answered again.
     this.#outstanding.delete(deviceId);
     const appraisal = appraise({

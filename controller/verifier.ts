@@ -11,6 +11,7 @@ import {
   foldLog,
   type Measurement,
   measurementKey,
+  NO_POLICY_DIGEST,
   quoteQualifier,
   type TrustLevel,
 } from '../agent/shared/attest/evidence.js';
@@ -87,8 +88,6 @@ export interface AppraisalInput {
   readonly ak: { readonly publicPem: string } | undefined;
   readonly references: ReferenceValues;
 }
-
-const NO_POLICY = '0'.repeat(64);
 
 export function appraise(input: AppraisalInput): Appraisal {
   const rejected = (check: Finding['check'], message: string): Appraisal => ({ outcome: 'rejected', findings: [{ check, message }] });
@@ -228,7 +227,7 @@ function checkReferences(current: ReadonlyMap<string, Measurement>, refs: Refere
       }
       continue;
     }
-    if (m.kind === 'policy' && m.sha256 === NO_POLICY) continue;
+    if (m.kind === 'policy' && m.sha256 === NO_POLICY_DIGEST) continue;
     if (baseline === undefined) continue;
     const expected = baseline[key];
     if (expected === undefined)

@@ -3,7 +3,7 @@ import { type FSWatcher, watch } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { currentMeasurements, type Measurement, measurementKey } from '../shared/attest/evidence.js';
+import { currentMeasurements, type Measurement, measurementKey, NO_POLICY_DIGEST } from '../shared/attest/evidence.js';
 import { canonicalize } from '../shared/canonical.js';
 import { policyDigest } from '../shared/policy/model.js';
 
@@ -126,7 +126,7 @@ export async function activePolicyDigest(file: string): Promise<string> {
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '0'.repeat(64);
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return NO_POLICY_DIGEST;
     return sha256(`unreadable: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   }
   try {

@@ -80,7 +80,9 @@ maybe('one byte of the config changed: quarantined with the reason, writes drop 
   const record = () => getJson<AttestationRecord>(`${controller.apiUrl}/api/devices/${device.id}/attestation`).then((r) => r.body);
 
   await waitFor(
-    'gateway attested active',
+    async () =>
+      `gateway attested active; it was: agent ${agent.lifecycle.state}, ruleset ${agent.enforce.enforcer.active?.version} (want ${put.body.version}) ` +
+      `trust ${agent.enforce.enforcer.active?.trust}/${agent.enforce.enforcer.trust}, controller ${JSON.stringify(await record())}`,
     async () => agent.lifecycle.state === 'active' && agent.enforce.enforcer.active?.version === put.body.version && inKernel('active'),
     // A bound, not a figure: this takes ~5 s alone, but CI runs it beside the ARM binaries under qemu.
     60_000,

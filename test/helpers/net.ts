@@ -13,8 +13,16 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Polls `check` every `intervalMs` until it returns a truthy value or `timeoutMs` passes (then throws with `what`). */
-export async function waitFor<T>(what: string, check: () => Promise<T> | T, timeoutMs = 45_000, intervalMs = 100): Promise<NonNullable<T>> {
+/**
+ * Polls `check` every `intervalMs` until it returns a truthy value or `timeoutMs` passes (then throws with `what`;
+ * a function there is asked at the timeout, so the error can say what the state was instead of only what was awaited).
+ */
+export async function waitFor<T>(
+  what: string | (() => string | Promise<string>),
+  check: () => Promise<T> | T,
+  timeoutMs = 45_000,
+  intervalMs = 100,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   for (;;) {
@@ -25,7 +33,8 @@ export async function waitFor<T>(what: string, check: () => Promise<T> | T, time
       lastError = err;
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${String(lastError)})` : ''}`);
+      const described = typeof what === 'string' ? what : await Promise.resolve(what()).catch((err: unknown) => `(state unreadable: ${String(err)})`);
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${described}${lastError ? ` (last error: ${String(lastError)})` : ''}`);
     }
     await new Promise((r) => setTimeout(r, intervalMs));
   }

@@ -23,6 +23,8 @@ export const CHALLENGE_TTL_SECONDS = 30;
 export const EVIDENCE_TTL_SECONDS = 60;
 /** The application PCR the agent extends its measurements into (resettable at locality 0, zero after reset). */
 export const APP_PCR = 23;
+/** The policy measurement of a gateway that enforces no policy (no active policy file). */
+export const NO_POLICY_DIGEST = '0'.repeat(64);
 /** Boot PCRs quoted alongside (firmware, boot loader, kernel on a measured-boot platform). */
 export const BOOT_PCRS = [0, 1, 2, 3, 4, 5, 6, 7] as const;
 
