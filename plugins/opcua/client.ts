@@ -27,15 +27,18 @@
 import { readFile } from 'node:fs/promises';
 import type { OPCUACertificateManager } from 'node-opcua-certificate-manager';
 import type {
-  ClientMonitoredItemBase,
+  BrowseDescriptionOptions,
+  ClientMonitoredItem,
   ClientSession,
   ClientSubscription,
   DataValue,
   EndpointDescription,
   OPCUAClient,
+  ReferenceDescription,
   UserIdentityInfo,
 } from 'node-opcua-client';
 import type { PluginAudit, PluginLogger, TelemetryDataType, TelemetrySample } from '../api/index.js';
+import { type BrowseSessionLike, browseBounded } from './browse.js';
 import { type NodeConfig, OpcuaCodes, type ServerConfig } from './config.js';
 import {
   assessEndpoints,
@@ -129,6 +132,12 @@ const MONITOR_CONCURRENCY = 8;
 /** Browse bounds against a server that answers with endless trees: nodes looked at in all, references per request. */
 const MAX_BROWSE_SEEN = 20_000;
 const MAX_REFERENCES_PER_NODE = 1_000;
+/** Browse and BrowseNext requests in one browse of the configured folder. */
+const MAX_BROWSE_REQUESTS = 500;
+/** Servers often hold 10 continuation points in all (and node-opcua assumes 10 when a server does not say). */
+const BROWSE_NODES_PER_REQUEST = 10;
+/** Requests one level of `n` nodes needs at least, for the overall timeout of that level. */
+const answerRequests = (n: number): number => Math.ceil(n / BROWSE_NODES_PER_REQUEST);
 /** ReferenceType HasProperty (ns=0;i=46). */
 const HAS_PROPERTY = 46;
 
@@ -619,32 +628,41 @@ export class ServerConnection {
     const found: Point[] = [];
     const seen = new Set<string>();
     let level: { nodeId: string; path: string[] }[] = [{ nodeId: browse.from, path: [] }];
-    for (let depth = 1; depth <= browse.maxDepth && level.length > 0 && found.length < browse.maxNodes; depth++) {
-      const results = await withTimeout(
-        ua.browseAll(
-          session,
+    // A field of the Browse request, not of each node: node-opcua takes it from the session (10,000 by default).
+    session.requestedMaxReferencesPerNode = MAX_REFERENCES_PER_NODE;
+    let requestsLeft = MAX_BROWSE_REQUESTS;
+    let referencesLeft = MAX_BROWSE_SEEN;
+    let truncated: string | undefined;
+    for (let depth = 1; depth <= browse.maxDepth && level.length > 0 && found.length < browse.maxNodes && !truncated; depth++) {
+      const answer = await withTimeout(
+        browseBounded(
+          session as unknown as BrowseSessionLike<BrowseDescriptionOptions, ReferenceDescription>,
           level.map((l) => ({
             nodeId: l.nodeId,
             browseDirection: ua.BrowseDirection.Forward,
-            requestedMaxReferencesPerNode: MAX_REFERENCES_PER_NODE,
             referenceTypeId: 'HierarchicalReferences',
             includeSubtypes: true,
             nodeClassMask: ua.NodeClassMask.Object | ua.NodeClassMask.Variable,
             resultMask: 63,
           })),
+          { maxReferences: referencesLeft, maxRequests: requestsLeft, nodesPerRequest: BROWSE_NODES_PER_REQUEST },
         ),
-        2 * this.#deps.settings.requestTimeoutMs,
+        // Each request has its own timeout; this bounds the whole level.
+        (answerRequests(level.length) + 1) * this.#deps.settings.requestTimeoutMs,
         'browse',
       );
+      requestsLeft -= answer.requests;
+      truncated = answer.truncated;
       const next: { nodeId: string; path: string[] }[] = [];
-      results.forEach((result, i) => {
+      answer.results.forEach((result, i) => {
         const from = level[i];
-        if (!from) return;
-        if (!result.statusCode.isGood()) {
-          if (depth === 1) this.#invalidNode({ name: '(browse)', nodeId: from.nodeId, samplingIntervalMs: 0 }, statusName(result.statusCode));
+        if (!from || !result.status) return;
+        referencesLeft -= result.references.length;
+        if (!result.status.isGood() && result.references.length === 0) {
+          if (depth === 1) this.#invalidNode({ name: '(browse)', nodeId: from.nodeId, samplingIntervalMs: 0 }, statusName(result.status));
           return;
         }
-        for (const ref of result.references ?? []) {
+        for (const ref of result.references) {
           // Properties (EURange, EngineeringUnits, …) describe a variable; they are not values of the machine.
           if (ref.referenceTypeId.namespace === 0 && ref.referenceTypeId.value === HAS_PROPERTY) continue;
           // The server is untrusted: the set of nodes looked at is bounded, not only the variables taken.
@@ -666,7 +684,12 @@ export class ServerConnection {
       });
       level = next;
     }
-    log.info({ server: this.#server.name, from: browse.from, found: found.length }, 'OPC UA browse done');
+    if (truncated)
+      log.warn(
+        { server: this.#server.name, from: browse.from, found: found.length, why: truncated },
+        'OPC UA browse stopped early: the server answers with more than Ward looks at',
+      );
+    else log.info({ server: this.#server.name, from: browse.from, found: found.length }, 'OPC UA browse done');
     return found;
   }
 
@@ -679,39 +702,48 @@ export class ServerConnection {
           deadbandValue: point.deadband.value,
         })
       : undefined;
-    let item: ClientMonitoredItemBase;
+    let item: ClientMonitoredItem;
     try {
-      item = await withTimeout(
-        subscription.monitor(
-          { nodeId: point.nodeId, attributeId: ua.AttributeIds.Value },
-          // queueSize 1 + discardOldest: telemetry wants the latest value, not a backlog after a slow publish.
-          { samplingInterval: point.samplingIntervalMs, queueSize: 1, discardOldest: true, ...(filter ? { filter } : {}) },
-          ua.TimestampsToReturn.Both,
-        ),
-        2 * this.#deps.settings.requestTimeoutMs,
-        `monitor ${point.nodeId}`,
+      item = ua.ClientMonitoredItem.create(
+        subscription,
+        { nodeId: point.nodeId, attributeId: ua.AttributeIds.Value },
+        // queueSize 1 + discardOldest: telemetry wants the latest value, not a backlog after a slow publish.
+        { samplingInterval: point.samplingIntervalMs, queueSize: 1, discardOldest: true, ...(filter ? { filter } : {}) },
+        ua.TimestampsToReturn.Both,
       );
     } catch (err) {
-      // node-opcua parses the node id before sending anything: a throw here that is not a transport failure
-      // means the id itself is unusable.
-      if (/nodeid|node id/i.test(errorMessage(err)) && !(err instanceof OpcuaError)) {
-        this.#invalidNode(point, 'BadNodeIdInvalid');
-        return;
-      }
-      throw err;
+      // The node id is parsed here, before anything is sent: a throw means the id itself is unusable.
+      this.#deps.log.debug({ server: this.#server.name, point: point.name, err: errorMessage(err) }, 'OPC UA node id does not parse');
+      this.#invalidNode(point, 'BadNodeIdInvalid');
+      return;
     }
+    // Listening before the item is created, not after: node-opcua hands the notifications that beat the create
+    // response to the item in a setImmediate, which runs before an awaited subscription.monitor() resumes. The
+    // initial value lost there is not sent again until the value changes, and an alarm flag may not change for
+    // weeks (seen under load: Alarm/Active never reported).
+    item.on('changed', (dv: DataValue) => {
+      // Monitored items survive node-opcua's repairs, so the generation of the session's setup stays current
+      // until this class tears the client down.
+      if (generation === this.#generation && !this.#abort.signal.aborted) this.#emitValue(point, dv);
+    });
+    const created = await withTimeout(
+      new Promise<string | undefined>((resolve) => {
+        item.once('initialized', () => resolve(undefined));
+        item.once('err', (message: string) => resolve(message));
+      }),
+      2 * this.#deps.settings.requestTimeoutMs,
+      `monitor ${point.nodeId}`,
+    );
     const status = statusName(item.statusCode);
+    if (created !== undefined && item.statusCode.value === ua.StatusCodes.BadDataUnavailable.value) {
+      // Still the status node-opcua starts with: the request failed, not the node (a transport error).
+      throw new OpcuaError(OpcuaCodes.CONNECT_FAILED, `monitor ${point.nodeId}: ${printable(created, 300)}`, true);
+    }
     if (!item.statusCode.isGood()) {
       if (INVALID_NODE.has(status)) this.#invalidNode(point, status);
       else if (FILTER_REFUSED.has(status)) this.#emitBad(point, `the server refused the deadband (${status})`);
       else this.#emitBad(point, status);
-      return;
     }
-    // Monitored items survive node-opcua's repairs, so the generation of the session's setup stays current
-    // until this class tears the client down.
-    item.on('changed', (dv: DataValue) => {
-      if (generation === this.#generation && !this.#abort.signal.aborted) this.#emitValue(point, dv);
-    });
   }
 
   /** After node-opcua repaired the connection: one Read so points marked bad during the gap get their values. */

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import type { PluginAuditEvent, PluginInstance, TelemetrySample } from '../../plugins/api/index.js';
+import { type BrowseSessionLike, browseBounded } from '../../plugins/opcua/browse.js';
 import type { ConnectionStatus } from '../../plugins/opcua/client.js';
 import opcua from '../../plugins/opcua/index.js';
 import { formatFingerprint } from '../../plugins/opcua/posture.js';
@@ -238,7 +239,14 @@ test.serial('the posture check reports SecurityPolicy None and anonymous access,
 test.serial('browse discovers the Variables under a folder and subscribes them', async (t) => {
   const h = await plugin(t, [cnc(sharedSim().endpointUrl, { nodes: [], browse: { from: 'ns=1;s=CNC', maxDepth: 2, samplingIntervalMs: 100 } })]);
   // Browse paths from CNC are the simulator's point names: Spindle/Speed, Alarm/Active, ...
-  await waitFor('a good sample of every discovered point', () => CNC_POINTS.every((p) => lastGood(h, p.name)), WAIT_MS);
+  await waitFor(
+    () =>
+      `a good sample of every discovered point; status ${JSON.stringify(h.server())}, good: ${CNC_POINTS.filter((p) => lastGood(h, p.name))
+        .map((p) => p.name)
+        .join(', ')}; seen: ${[...new Set(h.samples.map((x) => `${x.point}:${x.quality}`))].join(', ')}`,
+    () => CNC_POINTS.every((p) => lastGood(h, p.name)),
+    WAIT_MS,
+  );
   t.is(h.server().points, CNC_POINTS.length);
   t.is(lastGood(h, 'Parts/Count')?.dataType, 'UInt32');
   t.is(lastGood(h, 'Spindle/Speed')?.unit, undefined, 'units come only from config');
@@ -370,4 +378,52 @@ test('SignAndEncrypt: an unpinned server certificate is refused and audited; the
   // Without a None endpoint the posture check has nothing high to say about the channel.
   t.false(pinned.audits.some((e) => e.details?.finding === 'security-none'));
   t.is(refused.audits.filter((e) => e.action === 'opcua.untrusted-certificate').length, 1, 'refused once in the journal, not at every retry');
+});
+
+test.serial('bounded browse follows the real server’s continuation points and finds what browseAll finds', async (t) => {
+  const ua = await import('node-opcua-client');
+  const client = ua.OPCUAClient.create({
+    endpointMustExist: false,
+    connectionStrategy: { maxRetry: 0 },
+    securityMode: ua.MessageSecurityMode.None,
+    securityPolicy: ua.SecurityPolicy.None,
+  });
+  await client.connect(sharedSim().endpointUrl);
+  t.teardown(() => client.disconnect());
+  const session = await client.createSession();
+  t.teardown(() => session.close());
+  const from = ['ns=1;s=CNC', 'i=85', 'i=2253', 'i=2253'];
+  const description = (nodeId: string) => ({
+    nodeId,
+    browseDirection: ua.BrowseDirection.Forward,
+    referenceTypeId: 'HierarchicalReferences',
+    includeSubtypes: true,
+    resultMask: 63,
+  });
+  // Two references per answer (a field of the request, which node-opcua takes from the session): every node with
+  // more than two children needs continuation points.
+  session.requestedMaxReferencesPerNode = 2;
+  const bounded = await browseBounded(
+    session as unknown as BrowseSessionLike<ReturnType<typeof description>, { nodeId: { toString(): string } }>,
+    from.map((n) => description(n)),
+    { maxReferences: 10_000, maxRequests: 200, nodesPerRequest: 2 },
+  );
+  session.requestedMaxReferencesPerNode = 0;
+  const whole = await ua.browseAll(
+    session,
+    from.map((n) => description(n)),
+  );
+  t.is(bounded.truncated, undefined);
+  t.true(bounded.requests > 2, `continuation points were used (${bounded.requests} requests)`);
+  from.forEach((_, i) => {
+    const ids = (bounded.results[i]?.references ?? []).map((r) => r.nodeId.toString());
+    t.deepEqual(
+      ids,
+      (whole[i]?.references ?? []).map((r) => r.nodeId.toString()),
+      `node ${from[i]}`,
+    );
+  });
+  // Spindle, Feed, Alarm, Program, Parts: more than one answer holds.
+  const groups = new Set(CNC_POINTS.map((p) => p.name.split('/')[0]));
+  t.true((bounded.results[0]?.references.length ?? 0) >= groups.size, 'the CNC folder lists its groups');
 });
