@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { type FSWatcher, watch } from 'node:fs';
+import { createReadStream, type FSWatcher, watch } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -55,6 +55,16 @@ const digestCache = new Map<string, { key: string; digest: string; at: number }>
 const CACHE_MIN_BYTES = 1024 * 1024;
 const MAX_CACHE_MS = 10 * 60_000;
 
+/**
+ * Hashes a large file in chunks as they are read: one update over a 100 MB buffer blocks the event loop for the
+ * whole hash (about a second on a Pi, several under qemu), long enough for the control link's RPCs to time out.
+ */
+async function streamDigest(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
 async function fileDigest(path: string): Promise<string> {
   try {
     const st = await stat(path, { bigint: true });
@@ -63,7 +73,7 @@ async function fileDigest(path: string): Promise<string> {
     const cached = digestCache.get(path);
     const now = Date.now();
     if (cached?.key === key && now - cached.at < MAX_CACHE_MS) return cached.digest;
-    const digest = sha256(await readFile(path));
+    const digest = await streamDigest(path);
     digestCache.set(path, { key, digest, at: now });
     return digest;
   } catch (err) {

@@ -1,4 +1,5 @@
 import { writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import mqtt from 'mqtt';
@@ -180,7 +181,7 @@ maybe('a policy with Modbus operations: refused by a gateway without the plugin;
   // With the plugin: applied; the kernel redirects the vendor's Modbus to the proxy port, and the proxy listens there.
   // (Here the agent runs outside the gateway namespace, so the redirect and the listener do not meet: the full
   // path, with the proxy inside the gateway, is modbus-netns.test.ts.)
-  const base = 20_000 + Math.floor(Math.random() * 20_000);
+  const base = await freeRange(10);
   const withPlugin = await stack(t, 'gw-enforce-4', {
     plugins: [{ name: 'modbus', config: { listenHost: '127.0.0.1' } }],
     proxyPorts: { from: base, to: base + 9 },
@@ -197,3 +198,26 @@ maybe('a policy with Modbus operations: refused by a gateway without the plugin;
     { listenPort: base, target: '198.18.1.10:502', zone: 'it', flows: ['vendor-tuning (enforce)'], connections: 0 },
   ]);
 });
+
+/**
+ * `count` consecutive loopback ports that bind now, below the kernel's ephemeral range (32768+), where no
+ * connection's local port or freePort() can sit: the proxy must listen on each, and a taken one fails the apply.
+ */
+async function freeRange(count: number): Promise<number> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * (32_768 - 20_000 - count));
+    const binds = await Promise.all(
+      Array.from(
+        { length: count },
+        (_, i) =>
+          new Promise<boolean>((resolve) => {
+            const server = createServer();
+            server.once('error', () => resolve(false));
+            server.listen(base + i, '127.0.0.1', () => server.close(() => resolve(true)));
+          }),
+      ),
+    );
+    if (binds.every(Boolean)) return base;
+  }
+  throw new Error(`no ${count} free consecutive ports found below 32768`);
+}

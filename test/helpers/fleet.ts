@@ -45,6 +45,9 @@ export async function startFleetController(
     broker: { embedded: { host: '127.0.0.1', tcpPort: 0, wsPort: null } },
     api: { host: '127.0.0.1', port: 0 },
     rpc: { timeoutMs: 5_000 },
+    // No attestation round during a test unless it asks for one: a test slowed past the default minute would be
+    // challenged and see its gateway move from `attesting` to `active` under it.
+    attestation: { intervalSeconds: 3600 },
     ...options.extra,
   };
   const controller = await startController({

@@ -1,6 +1,5 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
+import { chmod, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, waitFor } from './net.js';
@@ -33,6 +32,20 @@ export async function startMosquitto(options: { tls?: { ca: string; cert: string
   if (bin === undefined) throw new Error('mosquitto is not installed: run scripts/setup.sh (Debian package "mosquitto")');
   const dir = await mkdtemp(join(tmpdir(), 'ward-mosquitto-'));
   await chmod(dir, 0o755);
+  // Another process may take a port between freePort() and the broker's bind: then new ports, a few times.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await launchOnFreePorts(bin, dir, options);
+    } catch (err) {
+      if (!(err instanceof MosquittoExited && err.addressInUse) || attempt >= 3) {
+        await rm(dir, { recursive: true, force: true });
+        throw err;
+      }
+    }
+  }
+}
+
+async function launchOnFreePorts(bin: string, dir: string, options: { tls?: { ca: string; cert: string; key: string } }): Promise<Mosquitto> {
   const port = await freePort();
   const tlsPort = options.tls ? await freePort() : undefined;
   const conf = join(dir, 'mosquitto.conf');
@@ -96,13 +109,16 @@ function mosquittoProcess(bin: string, conf: string, ports: readonly number[]) {
       proc.stderr?.on('data', (d) => {
         out += d;
       });
+      // Listening means this process holds the listening socket: a port that accepts may be another test's
+      // broker while ours is exiting with "Address already in use".
+      const deadline = Date.now() + 10_000;
       for (const p of ports) {
-        await waitFor(
-          `mosquitto listening on ${p}`,
-          () => (proc.exitCode !== null ? Promise.reject(new Error(`mosquitto exited: ${out}`)) : canConnect(p)),
-          10_000,
-          50,
-        );
+        for (;;) {
+          if (proc.exitCode !== null || proc.signalCode !== null) throw new MosquittoExited(p, out);
+          if (proc.pid !== undefined && (await listensOn(proc.pid, p))) break;
+          if (Date.now() > deadline) throw new Error(`mosquitto did not listen on ${p} within 10 s: ${out}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
       }
     },
     async halt() {
@@ -118,15 +134,37 @@ function mosquittoProcess(bin: string, conf: string, ports: readonly number[]) {
   };
 }
 
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
+class MosquittoExited extends Error {
+  constructor(
+    readonly port: number,
+    readonly output: string,
+  ) {
+    super(`mosquitto exited before listening on ${port}: ${output}`);
+  }
+  get addressInUse(): boolean {
+    return /address already in use/i.test(this.output);
+  }
+}
+
+/** Whether process `pid` holds a TCP socket listening on `port` (inodes of /proc/net/tcp{,6} against its fds). */
+async function listensOn(pid: number, port: number): Promise<boolean> {
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  const inodes = new Set<string>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    const text = await readFile(table, 'utf8').catch(() => '');
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      // local_address is ADDR:PORT; st 0A is LISTEN; inode is the tenth field.
+      if (f[1]?.endsWith(`:${hexPort}`) && f[3] === '0A' && f[9]) inodes.add(`socket:[${f[9]}]`);
+    }
+  }
+  if (inodes.size === 0) return false;
+  const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+  for (const fd of fds) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    if (inodes.has(target)) return true;
+  }
+  return false;
 }
 
 /** A broker started from a caller-written config; see startMosquittoWithConfig. */
