@@ -39,7 +39,7 @@ import { topics } from './shared/topics.js';
 import { ensurePrivateDir } from './state/files.js';
 import { LifecycleStore } from './state/lifecycle-store.js';
 import { TelemetryBuffer } from './telemetry/buffer.js';
-import { GatewayMetrics } from './telemetry/gateway.js';
+import { GatewayMetrics, gatewayDeadbands } from './telemetry/gateway.js';
 import { SparkplugPublisher } from './telemetry/publisher.js';
 import { TelemetryService } from './telemetry/service.js';
 import { WARD_VERSION } from './version.js';
@@ -267,6 +267,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
           slowIntervalMs: t.gateway.slowIntervalSeconds * 1000,
           mounts: t.gateway.mounts,
           ...(t.gateway.interfaces ? { interfaces: t.gateway.interfaces } : {}),
+          deadband: gatewayDeadbands(t.gateway.deadbands),
         })
       : null;
     service = new TelemetryService({

@@ -247,6 +247,23 @@ export const agentConfigSchema = z
             mounts: z.array(z.string().startsWith('/')).default(['/']),
             /** Interfaces to report; absent: every interface but loopback. */
             interfaces: z.array(z.string().regex(/^[A-Za-z0-9_.:@-]{1,15}$/)).optional(),
+            /**
+             * Report-by-exception rules by metric name, over the built-in ones (gateway.ts); `*` stands for one or
+             * more whole folders, as in the built-in Network and Disk rules. A key given here wins over a built-in pattern.
+             */
+            deadbands: z
+              .record(
+                z.string().regex(/^Gateway\/[A-Za-z0-9_.:*-]+(\/[A-Za-z0-9_.:*-]+)*$/, 'a gateway metric name or pattern (Gateway/…)'),
+                z
+                  .strictObject({
+                    absolute: z.number().min(0).optional(),
+                    percent: z.number().min(0).optional(),
+                    /** Sent at least this often even when unchanged. */
+                    maxSilenceSeconds: z.number().min(1).max(86_400).optional(),
+                  })
+                  .refine((r) => r.absolute === undefined || r.percent === undefined, 'give absolute or percent, not both'),
+              )
+              .default({}),
           })
           .prefault({}),
         buffer: z

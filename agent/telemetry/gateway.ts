@@ -49,7 +49,7 @@ import type { AuditSink } from '../core/audit.js';
 import type { Clock } from '../core/clock.js';
 import { describeError, ErrorCodes, WardError } from '../core/errors.js';
 import type { Logger } from '../log.js';
-import { ExceptionFilter, type ExceptionFilterRules } from './deadband.js';
+import { type DeadbandRule, ExceptionFilter, type ExceptionFilterRules } from './deadband.js';
 import type { MetricListener, MetricPoint, MetricType } from './metric.js';
 import {
   type CpuTimes,
@@ -165,6 +165,22 @@ export const DEFAULT_GATEWAY_DEADBANDS: ExceptionFilterRules = Object.freeze({
     'Gateway/Network/*/TxBytes': { absolute: 1_048_576, maxSilenceMs: 300_000 },
   }),
 });
+
+/** Deadbands as the agent config gives them (seconds), over the built-in ones: given names and patterns first. */
+export function gatewayDeadbands(
+  overrides: Readonly<Record<string, { absolute?: number | undefined; percent?: number | undefined; maxSilenceSeconds?: number | undefined }>>,
+): ExceptionFilterRules {
+  const byName: Record<string, DeadbandRule> = {};
+  for (const [name, r] of Object.entries(overrides)) {
+    byName[name] = {
+      ...(r.absolute !== undefined ? { absolute: r.absolute } : {}),
+      ...(r.percent !== undefined ? { percent: r.percent } : {}),
+      ...(r.maxSilenceSeconds !== undefined ? { maxSilenceMs: r.maxSilenceSeconds * 1000 } : {}),
+    };
+  }
+  for (const [name, rule] of Object.entries(DEFAULT_GATEWAY_DEADBANDS.byName ?? {})) if (!(name in byName)) byName[name] = rule;
+  return { default: DEFAULT_GATEWAY_DEADBANDS.default, byName };
+}
 
 export interface GatewayMetricsOptions {
   readonly clock: Clock;

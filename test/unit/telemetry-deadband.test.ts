@@ -1,6 +1,9 @@
 import test from 'ava';
 import fc from 'fast-check';
+import { validateConfig } from '../../agent/config/load.js';
+import { agentConfigSchema } from '../../agent/config/schema.js';
 import { type DeadbandRule, ExceptionFilter } from '../../agent/telemetry/deadband.js';
+import { DEFAULT_GATEWAY_DEADBANDS, gatewayDeadbands } from '../../agent/telemetry/gateway.js';
 import type { MetricPoint, MetricType } from '../../agent/telemetry/metric.js';
 
 function p(name: string, value: MetricPoint['value'], extra: { type?: MetricType; quality?: 'good' | 'bad'; unit?: string } = {}): MetricPoint {
@@ -164,4 +167,48 @@ test('property: with an absolute deadband, a held-back value is never further th
     }),
   );
   t.pass();
+});
+
+test('gateway deadbands from the agent config: a given name or pattern wins over the built-in rules, which stay for the rest', (t) => {
+  const config = validateConfig(
+    {
+      stateDir: '/var/lib/ward',
+      deviceId: 'gw-1',
+      controller: { publicKey: 'x'.repeat(43) },
+      mqtt: { url: 'mqtt://127.0.0.1:1883' },
+      telemetry: {
+        gateway: {
+          deadbands: {
+            'Gateway/CPU/Load': { absolute: 20 },
+            'Gateway/Network/*/RxBytes': { percent: 10, maxSilenceSeconds: 60 },
+            'Gateway/Network/eth0/TxBytes': { absolute: 0 },
+          },
+        },
+      },
+    },
+    '(test)',
+    agentConfigSchema,
+  );
+  const filter = new ExceptionFilter(gatewayDeadbands(config.telemetry.gateway.deadbands));
+  t.deepEqual(filter.ruleFor('Gateway/CPU/Load'), { absolute: 20 });
+  t.deepEqual(filter.ruleFor('Gateway/Network/eth0/RxBytes'), { percent: 10, maxSilenceMs: 60_000 });
+  t.deepEqual(filter.ruleFor('Gateway/Network/eth0/TxBytes'), { absolute: 0 });
+  // Not given: the built-in rules.
+  t.deepEqual(filter.ruleFor('Gateway/Network/wlan0/TxBytes'), DEFAULT_GATEWAY_DEADBANDS.byName?.['Gateway/Network/*/TxBytes']);
+  t.deepEqual(filter.ruleFor('Gateway/CPU/Temperature'), DEFAULT_GATEWAY_DEADBANDS.byName?.['Gateway/CPU/Temperature']);
+  t.deepEqual(filter.ruleFor('Gateway/Something/New'), DEFAULT_GATEWAY_DEADBANDS.default);
+
+  const bad = (deadbands: unknown) =>
+    t.throws(() =>
+      validateConfig(
+        { stateDir: '/var/lib/ward', deviceId: 'gw-1', controller: { publicKey: 'x'.repeat(43) }, mqtt: { url: 'mqtt://127.0.0.1:1883' }, telemetry: { gateway: { deadbands } } },
+        '(test)',
+        agentConfigSchema,
+      ),
+    );
+  t.regex(bad({ 'Gateway/CPU/Load': { absolute: 1, percent: 1 } })?.message ?? '', /absolute or percent, not both/);
+  // zod reports a refused record key as such, naming it.
+  t.regex(bad({ 'Press/Temperature': { absolute: 1 } })?.message ?? '', /deadbands.Press\/Temperature: Invalid key in record/);
+  t.regex(bad({ 'Gateway/CPU/Load': { absolute: -1 } })?.message ?? '', /absolute/);
+  t.regex(bad({ 'Gateway/CPU/Load': { every: 1 } })?.message ?? '', /every/);
 });
