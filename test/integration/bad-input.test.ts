@@ -11,6 +11,16 @@ import { apiDevice, getJson, makeDevice, spawnWard, startTestController, writeAg
 // agent as its own process. Bad input must be refused with a clear code, never crash either side,
 // and never change state.
 
+/** The correlation id of a request or reply envelope, if it has one. */
+function corrOf(payload: Buffer): string | undefined {
+  try {
+    const corr = (JSON.parse(payload.toString('utf8')) as { payload?: { corr?: unknown } }).payload?.corr;
+    return typeof corr === 'string' ? corr : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 async function rawClient(t: import('ava').ExecutionContext, url: string) {
   const client = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, clientId: `attacker-${Math.random().toString(36).slice(2)}` });
   t.teardown(() => client.endAsync(true));
@@ -26,12 +36,12 @@ test('garbage, forged, replayed and oversized messages on the wire are refused b
   const before = await apiDevice(controller, device.id);
 
   const attacker = await rawClient(t, controller.brokerUrl);
-  const replies: string[] = [];
+  const replies: { topic: string; corr: string | undefined }[] = [];
   await attacker.subscribeAsync(`ward/v1/${device.id}/reply/#`, { qos: 1 });
   const captured: Buffer[] = [];
   await attacker.subscribeAsync(topics.cmd(device.id), { qos: 1 });
   attacker.on('message', (topic, payload) => {
-    if (topic.includes('/reply/')) replies.push(topic);
+    if (topic.includes('/reply/')) replies.push({ topic, corr: corrOf(payload) });
     else captured.push(Buffer.from(payload));
   });
 
@@ -91,7 +101,17 @@ test('garbage, forged, replayed and oversized messages on the wire are refused b
   }
   const second = await getJson<{ result: { pong: boolean } }>(`${controller.apiUrl}/api/devices/${device.id}/ping`, { method: 'POST' });
   t.true(second.body.result.pong, 'the agent still answers genuine requests');
-  // Messages on one connection are handled in order, so by now every bad one was processed.
+  // The agent handles its messages in order and its replies reach the attacker in order: once the attacker has the
+  // second genuine ping's reply, a reply to any bad message before it would have arrived too.
+  const firstCorr = corrOf(captured[0] as Buffer);
+  const secondCorr = () => captured.map(corrOf).find((c) => c !== undefined && c !== firstCorr && c !== 'corr-evil-1');
+  await waitFor(
+    () => `the attacker to see the second genuine ping and its reply (requests ${JSON.stringify(captured.map(corrOf))}, replies ${JSON.stringify(replies)})`,
+    () => {
+      const corr = secondCorr();
+      return corr !== undefined && replies.some((r) => r.corr === corr);
+    },
+  );
   t.is(replies.length, 2, 'only the two genuine pings were answered');
   await waitFor('agent logged the refusals', () => agent.output().includes('WARD_ENVELOPE_REPLAYED'));
   for (const code of ['WARD_ENVELOPE_NOT_JSON', 'WARD_ENVELOPE_MALFORMED', 'WARD_ENVELOPE_UNKNOWN_KEY', 'WARD_ENVELOPE_REPLAYED']) {

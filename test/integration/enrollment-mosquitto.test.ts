@@ -36,6 +36,14 @@ test('enrollment and revocation through an external Mosquitto with the generated
     },
   });
   await waitFor('controller connected to mosquitto', () => controller.session.connected);
+  // The controller syncs the files and signals Mosquitto while it starts: count from after that reload is logged, or
+  // its late log line would pass for the reload the new code causes.
+  await waitFor(
+    () => `mosquitto to log the reload the controller's start caused (${broker.reloads()} so far)`,
+    () => broker.reloads() >= 1,
+    10_000,
+    20,
+  );
   const reloadsBefore = broker.reloads();
   const created = await getJson<{ text: string; codeId: string }>(`${controller.apiUrl}/api/enroll-codes`, {
     method: 'POST',

@@ -79,6 +79,8 @@ test('over TLS: the agent verifies the broker against its pinned CA, and refuses
   await waitFor('agent online over TLS', async () => (await apiDevice(controller, device.id))?.online);
   agent.child.kill('SIGTERM');
   t.is(await agent.exited, 0);
+  // Its shutdown state may still be on its way through Mosquitto: count from after the controller handled it.
+  await waitFor('the shutdown of the verified agent seen by the controller', async () => (await apiDevice(controller, device.id))?.online === false);
 
   const impostorConfig = await writeAgentConfig(device, controller, tlsUrl, {
     mqtt: { url: tlsUrl, tls: { caFile: otherCa.caCert }, connectTimeoutMs: 10_000 },

@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import { AduFramer, type Request } from '../../plugins/modbus/frame.js';
 import { ModbusProxy } from '../../plugins/modbus/proxy.js';
 import { ModbusSimServer } from '../../plugins/modbus/server.js';
-import { freePort } from '../helpers/net.js';
+import { freePort, waitFor } from '../helpers/net.js';
 
 /**
  * The proxy under hostile input: property-based streams (valid requests mixed with garbage, truncated frames,
@@ -63,15 +63,19 @@ function segment(data: Buffer, cuts: readonly number[]): Buffer[] {
   return out;
 }
 
-/** Sends the segments, then collects answers until the proxy closes or goes quiet (bounded). */
-async function exchange(port: number, segments: readonly Buffer[]): Promise<{ answers: Buffer[]; framingError: boolean }> {
+/**
+ * Sends the segments, then collects answers. With `expected`, resolves as soon as that many answers arrived (or the
+ * proxy closed, or a generous 10 s passed), so a stalled process cannot cut the wait short. Without it, the fuzz case:
+ * collects until the proxy closes or goes quiet for a moment (bounded), as there is no telling how many answers come.
+ */
+async function exchange(port: number, segments: readonly Buffer[], expected?: number): Promise<{ answers: Buffer[]; framingError: boolean }> {
   const socket = net.connect(port, '127.0.0.1');
   const framer = new AduFramer();
   const answers: Buffer[] = [];
   let framingError = false;
   await new Promise<void>((resolve) => {
     let quiet: NodeJS.Timeout | undefined;
-    const hardStop = setTimeout(finish, 3_000);
+    const hardStop = setTimeout(finish, expected === undefined ? 3_000 : 10_000);
     function finish() {
       clearTimeout(quiet);
       clearTimeout(hardStop);
@@ -79,6 +83,7 @@ async function exchange(port: number, segments: readonly Buffer[]): Promise<{ an
       resolve();
     }
     const idle = () => {
+      if (expected !== undefined) return;
       clearTimeout(quiet);
       quiet = setTimeout(finish, 150);
     };
@@ -86,7 +91,8 @@ async function exchange(port: number, segments: readonly Buffer[]): Promise<{ an
       const r = framer.push(d);
       answers.push(...r.frames.map((f) => Buffer.from(f)));
       if (r.error) framingError = true;
-      idle();
+      if (expected !== undefined && answers.length >= expected) finish();
+      else idle();
     });
     socket.on('close', finish);
     socket.on('error', () => undefined);
@@ -150,7 +156,7 @@ test.serial('the proxy survives hostile streams: forwards only valid, allowed fr
 
   // Still serving: a well-behaved request after everything above.
   plc.holding[7] = 77;
-  const { answers } = await exchange(port, [adu(0x4242, 1, [3, 0, 7, 0, 1])]);
+  const { answers } = await exchange(port, [adu(0x4242, 1, [3, 0, 7, 0, 1])], 1);
   t.is(answers[0]?.toString('hex'), adu(0x4242, 1, [3, 2, 0, 77]).toString('hex'));
   t.is(runs, params.numRuns);
 });
@@ -197,7 +203,7 @@ test.serial('slow-loris clients neither block others nor stay forever; a client 
     ),
   );
   plc.holding[1] = 11;
-  const { answers } = await exchange(port, [adu(9, 1, [3, 0, 1, 0, 1])]);
+  const { answers } = await exchange(port, [adu(9, 1, [3, 0, 1, 0, 1])], 1);
   t.is(answers[0]?.toString('hex'), adu(9, 1, [3, 2, 0, 11]).toString('hex'), 'served while 100 clients stall');
   const allClosed = await Promise.race([
     Promise.all(lorises.map((l) => l.closed)).then(() => true),
@@ -215,6 +221,9 @@ test.serial('slow-loris clients neither block others nor stay forever; a client 
   await new Promise<void>((r) => greedy.once('connect', () => r()));
   greedy.pause();
   greedy.write(flood);
+  // Wait (bounded) until forwarding has started, so a stalled process cannot read as "nothing forwarded"; then give
+  // the proxy time to forward far more than its cap would allow if it kept reading.
+  await waitFor('a request of the flood reaches the PLC', () => plc.requests > before, 10_000, 20);
   await new Promise((r) => setTimeout(r, 1_500));
   const forwarded = plc.requests - before;
   t.true(forwarded < 20_000, `the proxy forwarded ${forwarded} of 20000 requests to a client that reads nothing`);

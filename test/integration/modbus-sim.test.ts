@@ -479,7 +479,9 @@ test('ModbusCollector: good samples, bad while the PLC is gone, good again after
         host: HOST,
         port,
         pollMs: 100,
-        timeoutMs: 500,
+        // Generous, so a poll stalled by a loaded machine is not a failure of the healthy PLC (asserted below: failures 0).
+        // Losing the PLC does not wait for it: close() destroys the connection and reconnecting is refused at once.
+        timeoutMs: 5_000,
         points: [
           { name: 'speed', table: 'holding', address: 0, scale: 0.5, unit: 'rpm' },
           { name: 'level', table: 'holding', address: 2, type: 'float32' },

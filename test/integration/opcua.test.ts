@@ -326,12 +326,20 @@ test('a network break: node-opcua reactivates the session and one read makes eve
   );
   const address = relay.address();
   const port = typeof address === 'object' && address ? address.port : 0;
-  const h = await plugin(t, [cnc(`opc.tcp://127.0.0.1:${port}`)]);
+  // Repair bound = 3 × maxDelayMs + requestTimeoutMs = 23 s: well above a repair a loaded machine stalls for seconds,
+  // so the plugin leaves the repair to node-opcua (the claim here) instead of rebuilding. The relay is back at once,
+  // so node-opcua's first retry (after initialDelayMs) normally succeeds and the larger maximum costs nothing.
+  const REPAIR_BOUND_MS = 3 * 5_000 + 8_000;
+  const h = await plugin(t, [cnc(`opc.tcp://127.0.0.1:${port}`)], { reconnect: { initialDelayMs: 200, maxDelayMs: 5_000 }, requestTimeoutMs: 8_000 });
   await waitFor('good samples', () => CNC_POINTS.every((p) => lastGood(h, p.name)), WAIT_MS);
   for (const sock of relayed) sock.destroy();
   await waitFor('a bad sample for every point', () => CNC_POINTS.every((p) => h.of(p.name).at(-1)?.quality === 'bad'), WAIT_MS);
   // Parts/Count and Alarm/Text rarely change: only the refresh read brings them back within the wait.
-  await waitFor('every point good again', () => CNC_POINTS.every((p) => h.of(p.name).at(-1)?.quality === 'good'), WAIT_MS);
+  await waitFor(
+    () => `every point good again (${JSON.stringify(h.server())})`,
+    () => CNC_POINTS.every((p) => h.of(p.name).at(-1)?.quality === 'good'),
+    REPAIR_BOUND_MS + WAIT_MS,
+  );
   t.is(h.server().repairs, 1);
   t.is(h.server().sessions, 1, 'the same session, reactivated');
 });
