@@ -201,7 +201,13 @@ test('gateway deadbands from the agent config: a given name or pattern wins over
   const bad = (deadbands: unknown) =>
     t.throws(() =>
       validateConfig(
-        { stateDir: '/var/lib/ward', deviceId: 'gw-1', controller: { publicKey: 'x'.repeat(43) }, mqtt: { url: 'mqtt://127.0.0.1:1883' }, telemetry: { gateway: { deadbands } } },
+        {
+          stateDir: '/var/lib/ward',
+          deviceId: 'gw-1',
+          controller: { publicKey: 'x'.repeat(43) },
+          mqtt: { url: 'mqtt://127.0.0.1:1883' },
+          telemetry: { gateway: { deadbands } },
+        },
         '(test)',
         agentConfigSchema,
       ),
