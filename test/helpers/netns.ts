@@ -102,8 +102,9 @@ const COMMAND_TIMEOUT_MS = 10_000;
 const PEER_START_TIMEOUT_MS = 10_000;
 const HOLD_CONNECT_TIMEOUT_MS = 5_000;
 const DEFAULT_PROBE_TIMEOUT_MS = 2_000;
-// How much longer than a probe's or ping's own timeout we wait for the peer's answer before calling the peer broken.
-const PROCESS_SLACK_MS = 5_000;
+// How much longer than a probe's or ping's own timeout we wait for the peer's answer before calling the peer broken
+// (a connected probe waits up to 3 s more for its echo: ECHO_GRACE_MS in netns-peer.mjs).
+const PROCESS_SLACK_MS = 10_000;
 const LINKS_UP_TIMEOUT_MS = 10_000;
 // Kernel interface names are at most 15 bytes; the gateway ports are `<prefix>-xx`.
 const MAX_PREFIX = 12;
