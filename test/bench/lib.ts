@@ -186,3 +186,13 @@ export async function idleMemory(cmd: Command, idleMs: number): Promise<{ rss: n
     await stopProcess(proc);
   }
 }
+
+/** A child's JSON lines; anything else (a loader warning) reads as {}. */
+export function jsonLine(line: string): Record<string, unknown> {
+  try {
+    const value: unknown = JSON.parse(line);
+    return typeof value === 'object' && value !== null ? (value as Record<string, unknown>) : {};
+  } catch {
+    return {};
+  }
+}

@@ -2,8 +2,9 @@ import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ModbusProxy } from '../../plugins/modbus/proxy.js';
+import { freePort } from '../helpers/net.js';
 import type { BenchResult, Figure } from './lib.js';
-import { round, sleep, startProcess, stopProcess, withTimeout } from './lib.js';
+import { jsonLine, round, sleep, startProcess, stopProcess, withTimeout } from './lib.js';
 
 /**
  * Cost of Ward's inline Modbus/TCP proxy (plugins/modbus/proxy.ts) on loopback, in one run:
@@ -261,22 +262,4 @@ export default async function modbusBench(): Promise<BenchResult> {
     await proxy?.close();
     await stopProcess(sim);
   }
-}
-
-/** The child's JSON lines; anything else (a loader warning) reads as {}. */
-function jsonLine(line: string): Record<string, unknown> {
-  try {
-    const value: unknown = JSON.parse(line);
-    return typeof value === 'object' && value !== null ? (value as Record<string, unknown>) : {};
-  } catch {
-    return {};
-  }
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
 }

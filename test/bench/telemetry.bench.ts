@@ -15,7 +15,7 @@ import { decodeSparkplug } from '../../agent/telemetry/sparkplug/codec.js';
 import { EdgeNodeSession } from '../../agent/telemetry/sparkplug/edge-node.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from '../../controller/broker.js';
 import type { BenchResult, Figure, Proc } from './lib.js';
-import { median, memoryKiB, rate, round, sleep, startProcess, stopProcess, withTimeout } from './lib.js';
+import { jsonLine, median, memoryKiB, rate, round, sleep, startProcess, stopProcess, withTimeout } from './lib.js';
 
 /**
  * Cost of telemetry (agent/telemetry: Sparkplug B edge node, store-and-forward buffer, gateway metrics; the OPC UA
@@ -618,14 +618,4 @@ export default async function telemetryBench(): Promise<BenchResult> {
     notes.push(...agentPart.notes);
     return { figures, notes };
   });
-}
-
-/** A child's JSON lines; anything else (a loader warning) reads as {}. */
-function jsonLine(line: string): Record<string, unknown> {
-  try {
-    const value: unknown = JSON.parse(line);
-    return typeof value === 'object' && value !== null ? (value as Record<string, unknown>) : {};
-  } catch {
-    return {};
-  }
 }
