@@ -70,25 +70,36 @@ test('the gateway and its PLC come alive in the controller over Sparkplug B; a b
   // The broker (and the host with it) goes away for a few seconds. Long enough, and the bounds below loose enough, that
   // an agent stalled for seconds by a loaded machine still shows the claim: the gap is filled, in order, all along.
   const OUTAGE_MS = 8_000;
+  const replays = () => agent.output().split('buffered telemetry replayed').length - 1;
+  const replaysBefore = replays();
   await first.close();
   const outageFrom = Date.now();
   await new Promise((r) => setTimeout(r, OUTAGE_MS));
   const outageTo = Date.now();
   const second = await startTestController(t, { devices: [device], tcpPort: port, stateDir });
   type Point = { t: number; v: number; h?: boolean };
+  // The agent says when it has handed the whole buffer over (after its births); the controller then has it once the
+  // last of those messages is in, so the history is read until two reads 500 ms apart agree.
+  await waitFor(
+    () => `the agent to replay its buffer:\n${agent.output().slice(-2000)}`,
+    () => replays() > replaysBefore,
+    60_000,
+  );
   let seen: Point[] = [];
+  let previous = -1;
   const filled = await waitFor(
     () =>
-      `the replay of the outage to finish (${seen.filter((p) => p.h).length} historical points so far, the last at ${seen.filter((p) => p.h).at(-1)?.t}; outage ${outageFrom}-${outageTo})`,
+      `the replayed outage to settle in the controller (${seen.filter((p) => p.h).length} historical points, the last at ${seen.filter((p) => p.h).at(-1)?.t}; outage ${outageFrom}-${outageTo})`,
     async () => {
       const h = (await getJson<{ points: Point[] }>(`${second.apiUrl}/api/devices/${device.id}/telemetry/history?device=press-1&metric=cycles`)).body;
       seen = h.points ?? [];
-      // The replay goes oldest first, and the agent buffers until it is born again, which is after the outage's end
-      // (the new broker starts then): a historical point from past the end means every one of the outage is in.
-      if (!seen.some((p) => p.h && p.t > outageTo)) return undefined;
-      return { all: seen, during: seen.filter((p) => p.h && p.t >= outageFrom && p.t <= outageTo) };
+      const during = seen.filter((p) => p.h && p.t >= outageFrom && p.t <= outageTo);
+      const settled = during.length > 0 && during.length === previous;
+      previous = during.length;
+      return settled ? { all: seen, during } : undefined;
     },
-    60_000,
+    15_000,
+    500,
   );
   // Points spread over the whole outage (polls every 200 ms; one a second is plenty), in order, and no hole, edges
   // included, as wide as half the outage.
