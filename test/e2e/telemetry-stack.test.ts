@@ -132,7 +132,18 @@ test('the gateway and its PLC come alive in the controller over Sparkplug B; a b
     30_000,
   );
   t.false(dead.online);
-  t.false((await apiDevice(second, device.id))?.online ?? true);
+  // The control link is another MQTT session with its own Will (the signed offline state); the broker sends the two
+  // Wills as it notices each socket close, in no set order, so the link's may come in after the NDEATH.
+  const linkDead = await waitFor(
+    'the control link offline from its own Will',
+    async () => {
+      const d = await apiDevice(second, device.id);
+      return d && !d.online ? d : undefined;
+    },
+    30_000,
+  );
+  t.false(linkDead.online);
+  t.is(linkDead.offlineCause, 'lwt');
 });
 
 test('a health alarm rule with action degrade holds an attested gateway at degraded, and it is active again once the alarm clears', async (t) => {
