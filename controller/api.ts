@@ -34,6 +34,12 @@ export interface ApiBackend {
   telemetry?: {
     view(deviceId: string): Record<string, unknown> | undefined;
     history(deviceId: string, metric: string, device: string | null): unknown[] | undefined;
+    /** An operator accepts a raised `changed` alarm's value as the new baseline. */
+    acceptAlarm(
+      deviceId: string,
+      target: { rule: string; metric: string; device: string | null },
+      actor: string,
+    ): { ok: true; alarm: unknown } | { ok: false; reason: 'unknown-node' | 'unknown-rule' | 'not-acceptable' | 'not-raised' };
   };
   /** Enrollment exists only once the controller is certified by a fleet root. */
   enrollment?: {
@@ -65,6 +71,13 @@ const createCodeBody = z.strictObject({
 });
 const revokeBody = z.strictObject({ reason: z.string().min(1).max(256) });
 const claimBody = z.strictObject({ text: z.string().min(1).max(256) });
+const acceptAlarmBody = z.strictObject({
+  rule: z.string().min(1).max(64),
+  metric: z.string().min(1).max(256),
+  /** The Sparkplug device the metric belongs to; absent or null: a gateway metric. */
+  device: z.string().min(1).max(256).nullable().optional(),
+  actor: z.string().min(1).max(64).optional(),
+});
 const policyBody = z.strictObject({ policy: z.record(z.string(), z.unknown()), actor: z.string().min(1).max(64).optional() });
 
 function badRequest(message: string): [number, unknown] {
@@ -132,6 +145,32 @@ export function createApiServer(backend: ApiBackend): Server {
         return points
           ? [200, { deviceId: id, device, metric, points }]
           : [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no metric ${metric}${device ? ` on ${device}` : ''} from ${id}` } }];
+      },
+    },
+    {
+      method: 'POST',
+      pattern: /^\/api\/devices\/([^/]+)\/telemetry\/alarms\/accept$/,
+      handler: async (_req, [id], body) => {
+        if (!backend.telemetry) return [501, { error: { code: 'WARD_API_NOT_AVAILABLE', message: 'this controller ingests no telemetry' } }];
+        const input = parseBody(acceptAlarmBody, body);
+        if (typeof input === 'string') return badRequest(input);
+        const target = { rule: input.rule, metric: input.metric, device: input.device ?? null };
+        const outcome = isDeviceId(id ?? '') ? backend.telemetry.acceptAlarm(id as string, target, input.actor ?? 'operator') : undefined;
+        if (outcome?.ok) return [200, { accepted: outcome.alarm }];
+        const where = `${target.device ? `${target.device} ` : ''}${target.metric}`;
+        switch (outcome?.reason) {
+          case 'not-acceptable':
+            return [
+              409,
+              { error: { code: 'WARD_API_ALARM_NOT_ACCEPTABLE', message: `rule ${target.rule} is not a 'changed' rule: it clears when its value does` } },
+            ];
+          case 'unknown-rule':
+            return [404, { error: { code: 'WARD_API_ALARM_UNKNOWN', message: `no alarm rule ${target.rule}` } }];
+          case 'not-raised':
+            return [404, { error: { code: 'WARD_API_ALARM_UNKNOWN', message: `${target.rule} is not raised on ${where} of ${id}` } }];
+          default:
+            return [404, { error: { code: ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, message: `no telemetry from ${id} yet` } }];
+        }
       },
     },
     {

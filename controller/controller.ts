@@ -404,6 +404,7 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
       telemetry: {
         view: (id) => telemetryHost.view(id),
         history: (id, metric, device) => telemetryHost.history(id, metric, device),
+        acceptAlarm: (id, target, actor) => telemetryHost.acceptAlarm(id, target, actor),
       },
       auditView: async (id, query) => {
         const head = await auditStore.head(id);

@@ -60,6 +60,10 @@ export interface AlarmState {
   readonly message: string;
 }
 
+export type AcceptOutcome =
+  | { readonly ok: true; readonly alarm: AlarmState }
+  | { readonly ok: false; readonly reason: 'unknown-rule' | 'not-acceptable' | 'not-raised' };
+
 export type AlarmChange = { readonly kind: 'raised' | 'cleared'; readonly alarm: AlarmState };
 
 interface Tracking {
@@ -68,6 +72,8 @@ interface Tracking {
   baseline?: unknown;
   /** The last value seen (for `increased`). */
   previous?: unknown;
+  /** The last value that met the condition: what an alarm raised later by `tick` shows, and what `accept` takes. */
+  lastHit?: unknown;
 }
 
 /**
@@ -115,6 +121,7 @@ export class HealthAlarms {
       }
       if (hit) {
         t.pendingSince ??= now;
+        t.lastHit = value;
         const change = this.#maybeRaise(rule, t, device, metric, value, now);
         if (change) changes.push(change);
         else if (t.raised) t.raised = { ...t.raised, value };
@@ -137,10 +144,29 @@ export class HealthAlarms {
       const [device, metric, name] = key.split('\u0000') as [string, string, string];
       const rule = this.#rules.find((r) => r.name === name);
       if (rule === undefined) continue;
-      const change = this.#maybeRaise(rule, t, device === '' ? null : device, metric, undefined, now);
+      const change = this.#maybeRaise(rule, t, device === '' ? null : device, metric, t.lastHit, now);
       if (change) changes.push(change);
     }
     return changes;
+  }
+
+  /**
+   * An operator accepts the value a `changed` alarm was raised on as the new
+   * baseline (a planned change: a new proxy port, a service installed on
+   * purpose), which clears it; a later change raises it again. Threshold and
+   * counter alarms clear when their value does, so they cannot be accepted.
+   */
+  accept(device: string | null, metric: string, ruleName: string): AcceptOutcome {
+    const rule = this.#rules.find((r) => r.name === ruleName);
+    if (rule === undefined) return { ok: false, reason: 'unknown-rule' };
+    if (!rule.changed) return { ok: false, reason: 'not-acceptable' };
+    const t = this.#tracking.get(`${device ?? ''}\u0000${metric}\u0000${rule.name}`);
+    if (t?.raised === undefined) return { ok: false, reason: 'not-raised' };
+    const alarm = t.raised;
+    t.baseline = t.lastHit;
+    t.raised = undefined;
+    t.pendingSince = undefined;
+    return { ok: true, alarm };
   }
 
   /** Every raised alarm (for the API). */

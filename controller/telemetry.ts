@@ -4,7 +4,7 @@ import { describeError, ErrorCodes } from '../agent/core/errors.js';
 import { type CommandMetric, decodeSparkplug, encodeSparkplug } from '../agent/telemetry/sparkplug/codec.js';
 import { REBIRTH_METRIC } from '../agent/telemetry/sparkplug/edge-node.js';
 import { nodeTopic, parseSparkplugTopic, SPB_NAMESPACE, stateTopic } from '../agent/telemetry/sparkplug/topics.js';
-import { type AlarmChange, type AlarmRule, type AlarmState, HealthAlarms } from './health-rules.js';
+import { type AcceptOutcome, type AlarmChange, type AlarmRule, type AlarmState, HealthAlarms } from './health-rules.js';
 
 /**
  * The controller as a Sparkplug B host application (issue 8): it ingests
@@ -301,6 +301,34 @@ export class TelemetryHost {
     return d?.metrics.get(metric)?.history.slice();
   }
 
+  /**
+   * An operator accepts a raised `changed` alarm's value as the gateway's new
+   * baseline (see HealthAlarms.accept). Audited with who accepted what; the
+   * outcome says why nothing was accepted.
+   */
+  acceptAlarm(
+    edgeNode: string,
+    target: { rule: string; metric: string; device: string | null },
+    actor: string,
+  ): AcceptOutcome | { ok: false; reason: 'unknown-node' } {
+    const node = this.#nodes.get(edgeNode);
+    if (node === undefined) return { ok: false, reason: 'unknown-node' };
+    const outcome = node.alarms.accept(target.device, target.metric, target.rule);
+    if (!outcome.ok) return outcome;
+    const { alarm } = outcome;
+    this.#d.log.warn({ edgeNode, rule: alarm.rule, metric: alarm.metric, device: alarm.device, actor }, 'health alarm accepted as the new baseline');
+    this.#d.audit.record({
+      category: 'control-system',
+      actor,
+      action: 'telemetry.alarm-accepted',
+      target: edgeNode,
+      outcome: 'success',
+      details: { rule: alarm.rule, metric: alarm.metric, device: alarm.device, action: alarm.action, baseline: alarm.value, raisedAt: alarm.since },
+    });
+    if (alarm.action === 'degrade') this.#reportHealth(node);
+    return outcome;
+  }
+
   alarms(edgeNode: string): AlarmState[] {
     return this.#nodes.get(edgeNode)?.alarms.active() ?? [];
   }
@@ -448,14 +476,16 @@ export class TelemetryHost {
         details: { rule: c.alarm.rule, metric: c.alarm.metric, device: c.alarm.device, action: c.alarm.action, value: c.alarm.value, message: c.alarm.message },
       });
     }
-    if (changes.some((c) => c.alarm.action === 'degrade')) {
-      const degrade = node.alarms
-        .active()
-        .filter((a) => a.action === 'degrade')
-        .map((a) => a.message)
-        .slice(0, 64);
-      this.#d.onHealth?.(node.edgeNode, degrade);
-    }
+    if (changes.some((c) => c.alarm.action === 'degrade')) this.#reportHealth(node);
+  }
+
+  #reportHealth(node: NodeState): void {
+    const degrade = node.alarms
+      .active()
+      .filter((a) => a.action === 'degrade')
+      .map((a) => a.message)
+      .slice(0, 64);
+    this.#d.onHealth?.(node.edgeNode, degrade);
   }
 
   #limited(node: NodeState, message: string): void {
