@@ -121,7 +121,16 @@ maybe('one byte of the config changed: quarantined with the reason, writes drop 
     q.reasons.some((r) => r.startsWith(`config: config ${configFile} changed since it was approved`)),
     q.reasons.join('\n'),
   );
-  await waitFor('agent quarantined, policy dropped to its safe flows', () => agent.lifecycle.state === 'quarantined' && inKernel('quarantined'), 15_000);
+  // The agent audits its verdict once the quarantine ruleset is applied and established flows are cut (after the
+  // ruleset is in the kernel): both are waited for.
+  await waitFor(
+    'agent quarantined, policy dropped to its safe flows, verdict audited',
+    () =>
+      agent.lifecycle.state === 'quarantined' &&
+      inKernel('quarantined') &&
+      agentAudit.find((e) => e.action === 'attest.verdict' && (e.details as { state?: string }).state === 'quarantined') !== undefined,
+    15_000,
+  );
   t.is(await topo.tcp(eng, plc1, 4840, 800), 'timeout', 'quarantined: the engineering flow is cut');
   t.is(await topo.tcp(historian, plc1, 502), 'connected', 'the safe flow keeps the line observable');
 

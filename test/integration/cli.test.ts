@@ -112,7 +112,12 @@ test('ward dev brings up controller + broker + agent, shows it online, and stops
         devices?: Record<string, { metrics: Record<string, { value: unknown }> }>;
       }>(`${api}/api/devices/dev-gw-1/telemetry`);
       const cnc = body.devices?.['cnc-1']?.metrics;
-      return body.online && body.metrics?.['Gateway/CPU/Load'] && typeof cnc?.['Spindle/Speed']?.value === 'number' && body.devices?.['press-1']
+      // Points of the CNC may arrive in different publish cycles (a later one forces a rebirth): wait for both.
+      return body.online &&
+        body.metrics?.['Gateway/CPU/Load'] &&
+        typeof cnc?.['Spindle/Speed']?.value === 'number' &&
+        typeof cnc?.['Program/Name']?.value === 'string' &&
+        body.devices?.['press-1']
         ? body
         : undefined;
     },

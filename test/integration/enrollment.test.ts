@@ -310,6 +310,8 @@ test('renewal while the controller is away fails without harm; the gateway keeps
 
   const back = await startFleetController(t, fleet, { extra: { broker: { embedded: { host: '127.0.0.1', tcpPort: port, wsPort: null } } } });
   await waitFor('reconnected with the same certificate', async () => (await apiDevice(back, deviceId))?.online);
+  // "online" comes in on the controller's first subscription, renewal requests on a later one.
+  await waitFor('controller subscribed', () => back.session.connected, 10_000, 20);
   await gw.agent.renewNow();
   t.not(gw.agent.identity?.certSerial, serial, 'and renews once the controller is back');
 });

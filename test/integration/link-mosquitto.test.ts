@@ -37,6 +37,8 @@ test('over Mosquitto: online with MQTT 5, LWT on kill -9, reconnect after a brok
   const republished = nextAppliedState(controller, device.id, (d) => d.online);
   await broker.restart();
   await republished;
+  // The state arrives on the controller's first subscription; it publishes requests once all of them are back.
+  await waitFor('controller resubscribed', () => controller.session.connected, 10_000, 20);
   const ping = await getJson<{ result: { pong: boolean } }>(`${controller.apiUrl}/api/devices/${device.id}/ping`, { method: 'POST' });
   t.true(ping.body.result.pong, 'request/response works over the new connections');
 

@@ -91,6 +91,10 @@ const cnc = (endpointUrl: string, more: Record<string, unknown> = {}) => ({ name
 
 const lastGood = (h: Harness, point: string) => h.of(point).findLast((s) => s.quality === 'good');
 
+/** The plugin counts a session and says connected once every monitored item is created, after the first values may
+ * already have arrived (notifications can beat the create responses). */
+const connected = (h: Harness) => waitFor('the server connected in the status', () => h.server().state === 'connected', WAIT_MS);
+
 // ---------------------------------------------------------------------------------------------------------------
 // One shared simulator
 
@@ -130,6 +134,7 @@ test.serial('values arrive for every configured point, good and sensible', async
   t.is(lastGood(h, 'Parts/Count')?.dataType, 'UInt32');
   t.is(lastGood(h, 'Alarm/Active')?.dataType, 'Boolean');
   t.true(Math.abs((sample?.timestamp ?? 0) - Date.now()) < 60_000, 'the source timestamp is recent');
+  await connected(h);
   t.is(h.server().state, 'connected');
   t.deepEqual(
     h.instance.telemetry
@@ -197,7 +202,9 @@ test.serial('a misconfigured node id gives a bad sample and one audit event; the
     cnc(s.endpointUrl, { nodes: [...nodes(), { nodeId: 'ns=1;s=CNC.Spindle.Nope', name: 'Spindle/Nope' }, { nodeId: 'ns=9;i=4242', name: 'Elsewhere' }] }),
   ]);
   await waitFor('every good point', () => CNC_POINTS.every((p) => lastGood(h, p.name)), WAIT_MS);
-  const nope = await waitFor('a bad sample for the unknown node', () => h.of('Spindle/Nope').find((x) => x.quality === 'bad'), WAIT_MS);
+  // Each invalid node is reported on its own create response: wait for both.
+  await waitFor('a bad sample for both invalid nodes', () => h.of('Elsewhere').length > 0 && h.of('Spindle/Nope').some((x) => x.quality === 'bad'), WAIT_MS);
+  const nope = h.of('Spindle/Nope').find((x) => x.quality === 'bad') as (typeof h.samples)[number];
   t.regex(nope.error ?? '', /BadNodeIdUnknown.*ns=1;s=CNC\.Spindle\.Nope/);
   t.regex(h.of('Elsewhere')[0]?.error ?? '', /^BadNodeId/);
   const invalid = h.audits.filter((e) => e.action === 'opcua.node-invalid');
@@ -265,6 +272,7 @@ test('a server down at start: start() resolves, status shows the error, samples 
   t.regex(bad.error ?? '', /^server unreachable/);
   await sim(t, { port });
   await waitFor('good samples after the server came up', () => CNC_POINTS.every((p) => lastGood(h, p.name)), WAIT_MS);
+  await connected(h);
   t.is(h.server().state, 'connected');
 });
 
@@ -280,6 +288,7 @@ test('a server restart: every point goes bad with "unreachable", then samples re
   second.set('Program/Name', 'AFTER-RESTART');
   await waitFor('samples after the restart', () => CNC_POINTS.every((p) => h.of(p.name).at(-1)?.quality === 'good'), WAIT_MS);
   await waitFor('a value from the new server', () => h.samples.slice(gapAt).some((s) => s.point === 'Program/Name' && s.value === 'AFTER-RESTART'), WAIT_MS);
+  await connected(h);
   t.is(h.server().state, 'connected');
   t.log(`recovered through ${h.server().repairs} node-opcua repair(s); ${h.server().sessions} session(s) built by the plugin`);
 });
@@ -289,6 +298,7 @@ test('a long outage: past the repair bound the plugin rebuilds the session itsel
   // Repair bound = 3 × maxDelayMs + requestTimeoutMs = 1.3 s.
   const h = await plugin(t, [cnc(first.endpointUrl)], { reconnect: { initialDelayMs: 50, maxDelayMs: 100 }, requestTimeoutMs: 1000 });
   await waitFor('good samples', () => CNC_POINTS.every((p) => lastGood(h, p.name)), WAIT_MS);
+  await connected(h);
   t.is(h.server().sessions, 1);
   await first.stop();
   await waitFor('the plugin to take over from node-opcua', () => h.server().failedAttempts > 0, WAIT_MS);
@@ -296,6 +306,7 @@ test('a long outage: past the repair bound the plugin rebuilds the session itsel
   second.set('Program/Name', 'REBUILT');
   await waitFor('a value from the new server', () => lastGood(h, 'Program/Name')?.value === 'REBUILT', WAIT_MS);
   await waitFor('every point good again', () => CNC_POINTS.every((p) => h.of(p.name).at(-1)?.quality === 'good'), WAIT_MS);
+  await connected(h);
   t.is(h.server().sessions, 2, 'a second session, built by the plugin');
 });
 
