@@ -176,6 +176,9 @@ test('devices are confined to their own subtree; the controller sees and command
     await controller.saw('ward/v1/gw-a/state', `marker-${v}`);
     t.false(controller.has('ward/v1/gw-b/state', `forged-${v}`));
     t.false(controller.has(`ward/v1/_enroll/${CODE_1}/res`, `forged-${v}`));
+    // Delivery to another subscriber is ordered only on its own connection: a marker there, sent after, comes after.
+    await controller.mqtt.publishAsync('ward/v1/gw-b/cmd', `marker-${v}`, { qos: 1 });
+    await gwB.saw('ward/v1/gw-b/cmd', `marker-${v}`);
     t.false(gwB.has('ward/v1/gw-b/state', `forged-${v}`));
 
     // The controller commands both; gw-a's subscription to gw-b's tree was granted but delivers nothing.
@@ -208,6 +211,8 @@ test('an enrollment account reaches only its own request and response topics; ba
     await token.mqtt.publishAsync(`ward/v1/_enroll/${CODE_1}/req`, `marker-${v}`, { qos: 1 });
     await controller.saw(`ward/v1/_enroll/${CODE_1}/req`, `marker-${v}`);
     t.false(controller.received.some((m) => m.endsWith(`=forged-${v}`)));
+    await controller.mqtt.publishAsync('ward/v1/gw-a/cmd', `marker-${v}`, { qos: 1 });
+    await gwA.saw('ward/v1/gw-a/cmd', `marker-${v}`);
     t.false(gwA.has('ward/v1/gw-a/cmd', `forged-${v}`));
 
     // The controller's answer arrives; the account cannot read back its own request nor anything else.

@@ -256,6 +256,9 @@ test('Node Control/Rebirth: NCMD re-sends NBIRTH (seq 0, same bdSeq) and every D
   const refused = edge.events.filter((e) => e.outcome === 'refused');
   t.true(refused.some((e) => e.action === 'sparkplug.ncmd' && e.code === 'WARD_SPARKPLUG_BAD_COMMAND'));
   t.true(refused.some((e) => e.action === 'sparkplug.dcmd' && e.code === 'WARD_SPARKPLUG_COMMAND_REFUSED'));
+  // A rebirth the refusals had caused would go out on this session before data published after them.
+  edge.publishDevice('cnc-1', [speed(901)]);
+  await waitFor('a marker published after the refusals', () => host.of('DDATA').find((s) => s.payload.metrics[0]?.value === 901), 5_000);
   t.is(host.of('NBIRTH').length, 1, 'neither caused a rebirth');
 
   await host.client.publishAsync(
@@ -379,7 +382,9 @@ test('tck-id-operational-behavior-edge-node-terminate-host-offline: an offline S
   const death = await waitFor('NDEATH', () => host.of('NDEATH')[0], 5_000);
   t.is(bdSeqOf(death.payload), bdSeqOf(nbirth.payload));
   edge.publishDevice('cnc-1', [speed(7)]);
-  await waitFor('reconnected, waiting for the host', () => edge.publisher.status().connected, 10_000);
+  // The old connection may still be up for a moment after its NDEATH: wait for the next one (its own bdSeq).
+  const nextBdSeq = Number(bdSeqOf(nbirth.payload)) + 1;
+  await waitFor('reconnected, waiting for the host', () => edge.publisher.status().connected && edge.publisher.status().bdSeq === nextBdSeq, 10_000);
   await new Promise((r) => setTimeout(r, 300));
   t.is(host.of('NBIRTH').length, 1, 'no birth while the host is offline');
   t.is(edge.buffer.depth, 1);
@@ -429,6 +434,10 @@ test('after a restart with buffered data the collectors no longer produce, the b
   t.is(replayed.payload.metrics[0]?.value, 5);
   t.true(replayed.payload.metrics[0]?.isHistorical);
   t.is(second.buffer.depth, 0);
+  // A loop would rebirth after the 250 ms settle: give it several, then a marker on the same session orders the rest.
+  await new Promise((r) => setTimeout(r, 1_000));
+  second.publisher.publishDevice('plc-gone', [speed(6)]);
+  await waitFor('a live marker at the host', () => host.of('DDATA').find((s) => s.device === 'plc-gone' && s.payload.metrics[0]?.value === 6), 5_000);
   t.is(host.of('NBIRTH').length, 1, 'one birth, no rebirth loop');
   const nbirth = host.of('NBIRTH')[0] as Seen;
   t.is(findMetric(nbirth.payload, 'Gateway/Network/usb0/RxBytes')?.value, 42n);
