@@ -37,9 +37,11 @@ export interface ApiBackend {
     /** An operator accepts a raised `changed` alarm's value as the new baseline. */
     acceptAlarm(
       deviceId: string,
-      target: { rule: string; metric: string; device: string | null },
+      target: { rule: string; metric: string; device: string | null; value?: unknown },
       actor: string,
-    ): { ok: true; alarm: unknown } | { ok: false; reason: 'unknown-node' | 'unknown-rule' | 'not-acceptable' | 'not-raised' };
+    ):
+      | { ok: true; alarm: unknown }
+      | { ok: false; reason: 'unknown-node' | 'unknown-rule' | 'not-acceptable' | 'not-raised' | 'value-changed'; current?: unknown };
   };
   /** Enrollment exists only once the controller is certified by a fleet root. */
   enrollment?: {
@@ -76,6 +78,8 @@ const acceptAlarmBody = z.strictObject({
   metric: z.string().min(1).max(256),
   /** The Sparkplug device the metric belongs to; absent or null: a gateway metric. */
   device: z.string().min(1).max(256).nullable().optional(),
+  /** The value the operator reviewed; if the metric has changed since, nothing is accepted (409). */
+  value: z.union([z.string().max(65_536), z.number(), z.boolean()]).optional(),
   actor: z.string().min(1).max(64).optional(),
 });
 const policyBody = z.strictObject({ policy: z.record(z.string(), z.unknown()), actor: z.string().min(1).max(64).optional() });
@@ -154,7 +158,7 @@ export function createApiServer(backend: ApiBackend): Server {
         if (!backend.telemetry) return [501, { error: { code: 'WARD_API_NOT_AVAILABLE', message: 'this controller ingests no telemetry' } }];
         const input = parseBody(acceptAlarmBody, body);
         if (typeof input === 'string') return badRequest(input);
-        const target = { rule: input.rule, metric: input.metric, device: input.device ?? null };
+        const target = { rule: input.rule, metric: input.metric, device: input.device ?? null, ...(input.value !== undefined ? { value: input.value } : {}) };
         const outcome = isDeviceId(id ?? '') ? backend.telemetry.acceptAlarm(id as string, target, input.actor ?? 'operator') : undefined;
         if (outcome?.ok) return [200, { accepted: outcome.alarm }];
         const where = `${target.device ? `${target.device} ` : ''}${target.metric}`;
@@ -163,6 +167,17 @@ export function createApiServer(backend: ApiBackend): Server {
             return [
               409,
               { error: { code: 'WARD_API_ALARM_NOT_ACCEPTABLE', message: `rule ${target.rule} is not a 'changed' rule: it clears when its value does` } },
+            ];
+          case 'value-changed':
+            return [
+              409,
+              {
+                error: {
+                  code: 'WARD_API_ALARM_VALUE_CHANGED',
+                  message: `${where} of ${id} has changed since the value given; nothing accepted: review the current value`,
+                  current: outcome?.current,
+                },
+              },
             ];
           case 'unknown-rule':
             return [404, { error: { code: 'WARD_API_ALARM_UNKNOWN', message: `no alarm rule ${target.rule}` } }];

@@ -62,7 +62,7 @@ export interface AlarmState {
 
 export type AcceptOutcome =
   | { readonly ok: true; readonly alarm: AlarmState }
-  | { readonly ok: false; readonly reason: 'unknown-rule' | 'not-acceptable' | 'not-raised' };
+  | { readonly ok: false; readonly reason: 'unknown-rule' | 'not-acceptable' | 'not-raised' | 'value-changed'; readonly current?: unknown };
 
 export type AlarmChange = { readonly kind: 'raised' | 'cleared'; readonly alarm: AlarmState };
 
@@ -155,13 +155,18 @@ export class HealthAlarms {
    * baseline (a planned change: a new proxy port, a service installed on
    * purpose), which clears it; a later change raises it again. Threshold and
    * counter alarms clear when their value does, so they cannot be accepted.
+   * `expected`, when given, is the value the operator reviewed: if the metric
+   * has changed again since (a second listener opened meanwhile), nothing is
+   * accepted.
    */
-  accept(device: string | null, metric: string, ruleName: string): AcceptOutcome {
+  accept(device: string | null, metric: string, ruleName: string, expected?: unknown): AcceptOutcome {
     const rule = this.#rules.find((r) => r.name === ruleName);
     if (rule === undefined) return { ok: false, reason: 'unknown-rule' };
     if (!rule.changed) return { ok: false, reason: 'not-acceptable' };
     const t = this.#tracking.get(`${device ?? ''}\u0000${metric}\u0000${rule.name}`);
     if (t?.raised === undefined) return { ok: false, reason: 'not-raised' };
+    // Compared as text: what the operator copied from the API's JSON may come back as a string for a number.
+    if (expected !== undefined && String(expected) !== String(t.lastHit)) return { ok: false, reason: 'value-changed', current: t.lastHit };
     const alarm = t.raised;
     t.baseline = t.lastHit;
     t.raised = undefined;

@@ -308,12 +308,12 @@ export class TelemetryHost {
    */
   acceptAlarm(
     edgeNode: string,
-    target: { rule: string; metric: string; device: string | null },
+    target: { rule: string; metric: string; device: string | null; value?: unknown },
     actor: string,
   ): AcceptOutcome | { ok: false; reason: 'unknown-node' } {
     const node = this.#nodes.get(edgeNode);
     if (node === undefined) return { ok: false, reason: 'unknown-node' };
-    const outcome = node.alarms.accept(target.device, target.metric, target.rule);
+    const outcome = node.alarms.accept(target.device, target.metric, target.rule, target.value);
     if (!outcome.ok) return outcome;
     const { alarm } = outcome;
     this.#d.log.warn({ edgeNode, rule: alarm.rule, metric: alarm.metric, device: alarm.device, actor }, 'health alarm accepted as the new baseline');

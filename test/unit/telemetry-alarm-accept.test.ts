@@ -18,6 +18,7 @@ test('HealthAlarms.accept: a changed alarm takes its value as the new baseline; 
   t.is(a.observe(null, LISTENERS, 'tcp:22,tcp:502', 'good', 1_000)[0]?.kind, 'raised');
   t.deepEqual(a.accept(null, LISTENERS, 'cpu-saturated'), { ok: false, reason: 'not-acceptable' }, 'a threshold alarm clears with its value');
   t.deepEqual(a.accept(null, LISTENERS, 'no-such-rule'), { ok: false, reason: 'unknown-rule' });
+  t.like(a.accept(null, LISTENERS, 'listeners-changed', 'tcp:22'), { ok: false, reason: 'value-changed', current: 'tcp:22,tcp:502' });
   t.deepEqual(a.accept('cnc-1', LISTENERS, 'listeners-changed'), { ok: false, reason: 'not-raised' }, 'not on another device');
   const accepted = a.accept(null, LISTENERS, 'listeners-changed');
   t.true(accepted.ok);
@@ -109,7 +110,17 @@ test('the API accepts a raised listeners-changed alarm for an operator, audited 
   t.is((await post('/api/devices/gw-unknown/telemetry/alarms/accept', { rule: 'listeners-changed', metric: LISTENERS })).status, 404);
   t.is(r.events.filter((e) => e.action === 'telemetry.alarm-accepted').length, 0, 'nothing accepted by a refused request');
 
-  const ok = await post(path, { rule: 'listeners-changed', metric: LISTENERS, actor: 'j.doe' });
+  // The operator reviewed one new listener; a second opened meanwhile: nothing is accepted, the current set is shown.
+  r.feed(r.edge.data(undefined, [r.listeners('tcp:0.0.0.0:22,tcp:0.0.0.0:15020,tcp:0.0.0.0:4444')]));
+  const stale = await post(path, { rule: 'listeners-changed', metric: LISTENERS, value: 'tcp:0.0.0.0:22,tcp:0.0.0.0:15020', actor: 'j.doe' });
+  t.is(stale.status, 409);
+  t.is(stale.body.error?.code, 'WARD_API_ALARM_VALUE_CHANGED');
+  t.is((stale.body.error as { current?: unknown } | undefined)?.current, 'tcp:0.0.0.0:22,tcp:0.0.0.0:15020,tcp:0.0.0.0:4444');
+  t.is(r.host.alarms('gw-1').length, 1, 'still raised');
+  t.is(r.events.filter((e) => e.action === 'telemetry.alarm-accepted').length, 0);
+  r.feed(r.edge.data(undefined, [r.listeners('tcp:0.0.0.0:22,tcp:0.0.0.0:15020')]));
+
+  const ok = await post(path, { rule: 'listeners-changed', metric: LISTENERS, value: 'tcp:0.0.0.0:22,tcp:0.0.0.0:15020', actor: 'j.doe' });
   t.is(ok.status, 200);
   t.is(ok.body.accepted?.value, 'tcp:0.0.0.0:22,tcp:0.0.0.0:15020');
   t.deepEqual(r.host.alarms('gw-1'), []);
