@@ -593,33 +593,38 @@ export class Enforcer {
    * to roll back to.
    */
   async setTrust(level: TrustLevel, actor: string, reason: string): Promise<boolean> {
-    if (level === this.#trust) return false;
-    const from = this.#trust;
-    this.#trust = level;
-    this.#o.audit.record({
-      category: 'access-control',
-      actor,
-      action: 'enforce.trust-change',
-      target: 'nftables',
-      outcome: 'success',
-      details: { from, to: level, reason, version: this.#active?.version ?? null },
-    });
-    const active = this.#active;
-    if (!active) return true;
-    const script = renderRuleset(this.#planFor(this.#activeValidated(), active.version)).script;
-    if (!this.#failsafe && script === active.script) {
-      // No flow depends on the new state: the kernel keeps its rules (and its counters), only the record follows.
-      await this.#serial(() => this.#persist({ ...active, ...(level !== 'active' ? { trust: level } : { trust: undefined }) } as ActiveRecord, false));
+    // In the queue, like every kernel change: a verdict that lands while a policy is being applied must see the
+    // policy it produced. Decided outside it, a verdict arriving during the first apply found no policy and changed
+    // nothing, and that apply, compiled for the old trust, then went into the kernel recorded under the new one.
+    return this.#serial(async () => {
+      if (level === this.#trust) return false;
+      const from = this.#trust;
+      this.#trust = level;
+      this.#o.audit.record({
+        category: 'access-control',
+        actor,
+        action: 'enforce.trust-change',
+        target: 'nftables',
+        outcome: 'success',
+        details: { from, to: level, reason, version: this.#active?.version ?? null },
+      });
+      const active = this.#active;
+      if (!active) return true;
+      const script = renderRuleset(this.#planFor(this.#activeValidated(), active.version)).script;
+      if (!this.#failsafe && script === active.script) {
+        // No flow depends on the new state: the kernel keeps its rules (and its counters), only the record follows.
+        await this.#persist({ ...active, ...(level !== 'active' ? { trust: level } : { trust: undefined }) } as ActiveRecord, false);
+        return true;
+      }
+      try {
+        await this.#apply(this.#reapplyRequest(active, actor, true));
+      } catch (err) {
+        // The kernel still holds the rules for `from`: say so, so the next verdict tries again.
+        this.#trust = from;
+        throw err;
+      }
       return true;
-    }
-    try {
-      await this.#reapplyActive(active, actor, true);
-    } catch (err) {
-      // The kernel still holds the rules for `from`: say so, so the next verdict tries again.
-      this.#trust = from;
-      throw err;
-    }
-    return true;
+    });
   }
 
   /** Hands the plan in force to the protocol proxies again (they start after the enforcer has restored the kernel). */
@@ -667,8 +672,8 @@ export class Enforcer {
   }
 
   /** The active policy compiled again for the current learn and trust settings: not a new step to roll back to. */
-  #reapplyActive(active: ActiveRecord, actor: string, force: boolean): Promise<ApplyResult> {
-    return this.apply({
+  #reapplyRequest(active: ActiveRecord, actor: string, force: boolean): ApplyRequest {
+    return {
       validated: this.#activeValidated(),
       version: active.version,
       source: active.source,
@@ -676,7 +681,7 @@ export class Enforcer {
       ...(active.envelope !== undefined ? { envelope: active.envelope } : {}),
       force,
       rotate: false,
-    });
+    };
   }
 
   /** Learn mode: re-applies the active policy with per-chain sets recording every new connection until `until`. */
@@ -694,7 +699,10 @@ export class Enforcer {
       this.#learn = { since: this.#clock.now(), until: untilMs };
       await writeFileAtomic(file, `${JSON.stringify(this.#learn)}\n`);
     }
-    await this.#reapplyActive(this.#active, actor, this.#active.forced);
+    await this.#serial(() => {
+      const active = this.#active as ActiveRecord;
+      return this.#apply(this.#reapplyRequest(active, actor, active.forced));
+    });
     this.#record('enforce.learn', 'success', actor, { until: untilMs ?? null, since: this.#learn?.since ?? null }, undefined);
     return this.#learn;
   }

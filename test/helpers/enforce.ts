@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import type { ExecutionContext } from 'ava';
 import YAML from 'yaml';
 import { MemoryAuditSink } from '../../agent/core/audit.js';
-import { Enforcer, type ManagementRequirement } from '../../agent/enforce/enforcer.js';
+import { Enforcer, type ManagementRequirement, type TrustLevel } from '../../agent/enforce/enforcer.js';
 import { Nft, systemBinary } from '../../agent/enforce/nft.js';
 import type { Binding } from '../../agent/enforce/plan.js';
 import { createLogger } from '../../agent/log.js';
@@ -50,7 +50,7 @@ export async function openEnforcer(
   t: ExecutionContext,
   nft: Nft,
   binding: Binding,
-  options: { management?: ManagementRequirement[]; dir?: string } = {},
+  options: { management?: ManagementRequirement[]; dir?: string; trust?: TrustLevel } = {},
 ): Promise<{ enforcer: Enforcer; audit: MemoryAuditSink; dir: string }> {
   const dir = options.dir ?? (await tempDir(t, 'ward-enforce-'));
   const audit = new MemoryAuditSink();
@@ -61,6 +61,7 @@ export async function openEnforcer(
     audit,
     log: quietLog,
     management: options.management ?? [{ port: 'UPLINK', service: 'tcp/22' }],
+    ...(options.trust ? { trust: options.trust } : {}),
   });
   return { enforcer, audit, dir };
 }

@@ -314,3 +314,37 @@ maybe('a fail-safe whose safe flows would lock out management is refused like an
   t.is((err as { code?: string }).code, 'WARD_POLICY_LOCKOUT');
   t.regex((err as Error).message, /in fail-safe: tcp\/22 to the gateway on UPLINK would be blocked/);
 });
+
+maybe('a trust verdict that lands while a policy is being applied is in the kernel once both are done', async (t) => {
+  // The flow to the press exists only while the gateway is attested active.
+  const policy = linePolicy((p) => {
+    const eng = (p.flows as { id: string; trust?: string[] }[]).find((f) => f.id === 'eng-program');
+    if (eng) eng.trust = ['active'];
+  });
+  const engInKernel = async (ns: string) => (await nftText(ns, 'list', 'table', 'inet', 'ward')).includes('ward:flow:eng-program');
+  const open = async (trust: 'active' | 'degraded') => {
+    const ns = await bareNamespace(t);
+    const nft = nftIn(ns);
+    return { ns, nft, ...(await openEnforcer(t, nft, routed, { trust })) };
+  };
+  const a = await open('degraded');
+  const b = await open('active');
+
+  // The first policy is in flight (its kernel work has begun) when the gateway is attested active.
+  const applying = a.enforcer.apply({ validated: policy, version: 1, source: 'controller', actor: 'controller' });
+  await new Promise((r) => setImmediate(r));
+  await a.enforcer.setTrust('active', 'controller', 'attestation verdict active');
+  await applying;
+  t.is(a.enforcer.trust, 'active');
+  t.is(a.enforcer.active?.trust, undefined, 'recorded as compiled for active');
+  t.true(await engInKernel(a.ns), 'the flow for an active gateway is in the kernel');
+
+  // The other way: quarantined while a policy is in flight: the flow must not stay.
+  const applyingB = b.enforcer.apply({ validated: policy, version: 1, source: 'controller', actor: 'controller' });
+  await new Promise((r) => setImmediate(r));
+  await b.enforcer.setTrust('quarantined', 'controller', 'attestation verdict quarantined');
+  await applyingB;
+  t.is(b.enforcer.active?.trust, 'quarantined');
+  t.false(await engInKernel(b.ns), 'no engineering flow for a quarantined gateway');
+  t.true(b.audit.events.some((e) => e.action === 'enforce.trust-change' && (e.details as { to?: string }).to === 'quarantined'));
+});
