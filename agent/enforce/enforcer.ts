@@ -510,12 +510,30 @@ export class Enforcer {
         throw err;
       }
       const inForce = this.#inForce();
+      // Compiled again for the trust the gateway is in now, not loaded as stored: the previous record was compiled for
+      // the trust of its day, and a rollback on a quarantined gateway must not bring back the flows of an active one.
+      const validated = checkPolicy(previous.policy, this.#o.context);
+      const plan = this.#planFor(validated, previous.version, { assigned: previous.proxyPorts ?? {} });
+      const ruleset = renderRuleset(plan);
+      const safeScript =
+        validated.policy.failMode.kind === 'safe'
+          ? renderRuleset(this.#planFor(validated, previous.version, { safe: true, learn: false, assigned: proxyAssignment(plan) })).script
+          : undefined;
+      const { trust: _compiledFor, safeScript: _storedSafe, ...rest } = previous;
+      const restored: ActiveRecord = {
+        ...rest,
+        script: ruleset.script,
+        tag: ruleset.tag,
+        rulesetDigest: ruleset.digest,
+        ...(safeScript !== undefined ? { safeScript } : {}),
+        ...(this.#trust !== 'active' ? { trust: this.#trust } : {}),
+      };
       try {
         await this.#beforeReplace();
         await this.#prepareKernel();
-        await this.#steer(this.#planFor(checkPolicy(previous.policy, this.#o.context), previous.version, { assigned: previous.proxyPorts ?? {} }), 'before');
-        await this.#o.nft.load(previous.script);
-        await this.#verifyKernel(previous.script);
+        await this.#steer(plan, 'before');
+        await this.#o.nft.load(restored.script);
+        await this.#verifyKernel(restored.script);
       } catch (err) {
         if (inForce) await this.#o.nft.load(inForce).catch(() => undefined);
         await this.#steer(this.#plan, 'after').catch(() => undefined);
@@ -524,13 +542,19 @@ export class Enforcer {
       }
       // The two swap places, so a second rollback undoes the first.
       await writeFileAtomic(join(this.#o.dir, FILES.previous), `${JSON.stringify(current)}\n`);
-      await writeFileAtomic(join(this.#o.dir, FILES.active), `${JSON.stringify(previous)}\n`);
-      this.#active = previous;
+      await writeFileAtomic(join(this.#o.dir, FILES.active), `${JSON.stringify(restored)}\n`);
+      this.#active = restored;
       this.#failsafe = false;
       await rm(join(this.#o.dir, FILES.failsafe), { force: true });
-      this.#plan = this.#planFor(this.#activeValidated(), previous.version);
+      this.#plan = ruleset.plan;
       await this.#steer(this.#plan, 'after').catch((err) => this.#o.log.warn({ err: describeError(err) }, 'protocol proxies could not retire old routes'));
-      this.#record('enforce.rollback', 'success', actor, { from: current.version, to: previous.version, tag: previous.tag }, undefined);
+      this.#record(
+        'enforce.rollback',
+        'success',
+        actor,
+        { from: current.version, to: previous.version, tag: restored.tag, ...(this.#trust !== 'active' ? { trust: this.#trust } : {}) },
+        undefined,
+      );
       await this.#revokeEstablished(this.#plan, actor);
       return { version: previous.version };
     });

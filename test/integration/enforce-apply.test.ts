@@ -348,3 +348,32 @@ maybe('a trust verdict that lands while a policy is being applied is in the kern
   t.false(await engInKernel(b.ns), 'no engineering flow for a quarantined gateway');
   t.true(b.audit.events.some((e) => e.action === 'enforce.trust-change' && (e.details as { to?: string }).to === 'quarantined'));
 });
+
+maybe('a rollback on a quarantined gateway is compiled for quarantine, not for the trust the older policy was applied under', async (t) => {
+  const withTrust = (mode: 'enforce' | 'observe') =>
+    linePolicy((p) => {
+      const eng = (p.flows as { id: string; trust?: string[] }[]).find((f) => f.id === 'eng-program');
+      if (eng) eng.trust = ['active'];
+      p.zones = p.zones.map((z) => (z.name === 'cell-b' ? { ...z, mode } : z));
+    });
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer } = await openEnforcer(t, nft, routed);
+  const engInKernel = async () => (await nftText(ns, 'list', 'table', 'inet', 'ward')).includes('ward:flow:eng-program');
+  await enforcer.apply({ validated: withTrust('enforce'), version: 1, source: 'controller', actor: 'controller' });
+  await enforcer.apply({ validated: withTrust('observe'), version: 2, source: 'controller', actor: 'controller' });
+  t.true(await engInKernel());
+  await enforcer.setTrust('quarantined', 'controller', 'attestation verdict quarantined');
+  t.false(await engInKernel());
+
+  t.deepEqual(await enforcer.rollback('technician'), { version: 1 });
+  t.false(await engInKernel(), 'v1 was applied while active; rolled back to under quarantine, its active-only flow stays out');
+  t.is(enforcer.active?.version, 1);
+  t.is(enforcer.active?.trust, 'quarantined');
+  t.is((await enforcer.status()).inKernel, 'yes');
+
+  // Approval later: the rolled-back policy follows the trust like any other.
+  await enforcer.setTrust('active', 'controller', 'attestation verdict active');
+  t.true(await engInKernel());
+  t.is(enforcer.active?.version, 1);
+});
