@@ -143,13 +143,18 @@ export class AttestationService {
   async sweep(): Promise<void> {
     const online = await this.#d.onlineDevices();
     await Promise.all(online.map((id) => this.challenge(id, 'scheduled').catch(() => undefined)));
-    const now = this.#clock.now();
     for (const id of online) {
-      const r = await this.get(id).catch(() => undefined);
-      const last = r?.lastPassAt ?? r?.since ?? now;
-      if (r && r.state === 'active' && now - last > this.#d.config.staleAfterSeconds * 1000) {
-        await this.#transition(r, 'degraded', [`no passing evidence for ${Math.round((now - last) / 1000)} s`], 'controller');
-      }
+      // Read and written under the device's lock, like every other change of its record: read outside it, a
+      // quarantine saved meanwhile by a challenge would be overwritten with `degraded`, which passing evidence lifts
+      // without an operator's approval.
+      await this.#exclusive(id, async () => {
+        const now = this.#clock.now();
+        const r = await this.get(id).catch(() => undefined);
+        const last = r?.lastPassAt ?? r?.since ?? now;
+        if (r && r.state === 'active' && now - last > this.#d.config.staleAfterSeconds * 1000) {
+          await this.#transition(r, 'degraded', [`no passing evidence for ${Math.round((now - last) / 1000)} s`], 'controller');
+        }
+      }).catch((err) => this.#d.log.warn({ deviceId: id, err: describeError(err) }, 'stale-evidence check failed'));
     }
   }
 

@@ -52,11 +52,13 @@ async function setup(t: ExecutionContext) {
 
   let published: string | undefined;
   let skewMs = 0;
+  let silent = false;
   const service = new AttestationService({
     dir: join(dir, 'controller'),
     config: { intervalSeconds: 3600, staleAfterSeconds: STALE_SECONDS, executables: [], manifests: [] },
     keys: (kid) => (kid === key.kid ? { publicKey: key.publicKey, principal: DEVICE } : undefined),
     call: async (_id, method, params) => {
+      if (silent && method !== 'attest.verdict') throw new Error('the gateway does not answer');
       const handler = handlers.get(method);
       if (!handler) throw new Error(`no handler ${method}`);
       return handler(params, {} as never);
@@ -81,6 +83,9 @@ async function setup(t: ExecutionContext) {
       skewMs += seconds * 1000;
     },
     challenge: (why: string) => service.challenge(DEVICE, why),
+    silence: () => {
+      silent = true;
+    },
   };
 }
 
@@ -144,4 +149,17 @@ test('a gateway that drops its policy after the grace is quarantined: "none" pas
   await s.unapply();
   const dropped = await s.challenge('policy file removed');
   t.is(dropped.state, 'quarantined', dropped.reasons.join('\n'));
+});
+
+test('a gateway that stops answering challenges is degraded by the sweep once its last pass is older than the grace', async (t) => {
+  const s = await setup(t);
+  t.is((await s.challenge('first')).state, 'active');
+  s.silence();
+  await s.service.sweep();
+  t.is((await s.service.get(DEVICE))?.state, 'active', 'within the grace');
+  s.advance(STALE_SECONDS + 1);
+  await s.service.sweep();
+  const r = await s.service.get(DEVICE);
+  t.is(r?.state, 'degraded');
+  t.regex(r?.reasons.join('; ') ?? '', /no passing evidence for \d+ s/);
 });
