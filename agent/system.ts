@@ -306,6 +306,25 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     attestation: () => (link ? attestations.get(link) : undefined),
   });
   let failsafeTimer: NodeJS.Timeout | undefined;
+  let trustRetryTimer: NodeJS.Timeout | undefined;
+  let trustRetryMs = 0;
+  /**
+   * The kernel follows the lifecycle's trust. A failed re-apply is tried again with backoff: the controller sends
+   * no new verdict while the reported lifecycle already matches its record, so nothing else would.
+   */
+  const followTrust = async (actor: string, reason: string): Promise<void> => {
+    clearTimeout(trustRetryTimer);
+    trustRetryTimer = undefined;
+    try {
+      await enforce.enforcer.setTrust(trustOf(lifecycle.state), actor, reason);
+      trustRetryMs = 0;
+    } catch (err) {
+      trustRetryMs = Math.min(trustRetryMs === 0 ? 5_000 : trustRetryMs * 2, 300_000);
+      logger.error({ err: describeError(err), retryInMs: trustRetryMs }, 'the policy could not follow the trust state; trying again');
+      trustRetryTimer = setTimeout(() => void followTrust('ward-agent', reason), trustRetryMs);
+      trustRetryTimer.unref();
+    }
+  };
   // Fail mode (policy failMode: safe): a controller silent for too long gets the line onto its safe flows.
   const watchController = (connected: boolean) => {
     clearTimeout(failsafeTimer);
@@ -466,9 +485,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
                 ? 'attest-fail'
                 : 'reattest';
         await advance(event, `controller verdict ${v.state}${v.reasons.length > 0 ? `: ${v.reasons.join('; ')}` : ''}`);
-        await enforce.enforcer
-          .setTrust(trustOf(lifecycle.state), 'controller', `attestation verdict ${v.state}`)
-          .catch((err) => logger.error({ err: describeError(err) }, 'the policy could not follow the trust verdict'));
+        await followTrust('controller', `attestation verdict ${v.state}`);
         return lifecycle.state;
       },
     });
@@ -755,6 +772,9 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       }
       // Before the link: the kernel rules must be back in force before anything else happens after a reboot.
       await enforce.start();
+      // The lifecycle is saved before the kernel follows it: after a crash in between, or a re-apply that failed,
+      // the stored ruleset was compiled for another trust than the gateway is in.
+      await followTrust('ward-agent', `lifecycle ${lifecycle.state} at start`);
       await local.start().catch((err) => logger.warn({ err: describeError(err) }, 'local control socket not available; ward enforce acts directly'));
       await plugins.start();
       // The kernel may already redirect flows to protocol proxies (restored above); now they can listen.
@@ -792,6 +812,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       clearInterval(watchdogTimer);
       clearInterval(renewTimer);
       clearTimeout(claimTimer);
+      clearTimeout(trustRetryTimer);
       await hw.watchdog.stopping().catch(() => undefined);
       // Not awaiting the scan loop: closing the input ends it, and a tty read must never hold up a stop.
       await hw.scanner?.close();

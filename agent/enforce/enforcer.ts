@@ -640,6 +640,7 @@ export class Enforcer {
         await this.#persist({ ...active, ...(level !== 'active' ? { trust: level } : { trust: undefined }) } as ActiveRecord, false);
         return true;
       }
+      const wasFailsafe = this.#failsafe;
       try {
         await this.#apply(this.#reapplyRequest(active, actor, true));
       } catch (err) {
@@ -647,6 +648,8 @@ export class Enforcer {
         this.#trust = from;
         throw err;
       }
+      // An apply leaves fail-safe; the line stays on its safe flows, now those of the new trust.
+      if (wasFailsafe) await this.#enterFailsafe(`trust changed to ${level} while in fail-safe`, actor);
       return true;
     });
   }
@@ -658,23 +661,30 @@ export class Enforcer {
 
   /** Fail-safe (failMode safe): load the precompiled safe ruleset; `keep-last` keeps what is there. */
   async enterFailsafe(reason: string, actor = 'ward-agent'): Promise<boolean> {
-    return this.#serial(async () => {
-      const active = this.#active;
-      if (!active?.safeScript || this.#failsafe) return false;
-      await this.#beforeReplace();
-      await this.#prepareKernel();
-      const safePlan = this.#planFor(this.#activeValidated(), active.version, { safe: true, learn: false });
-      await this.#steer(safePlan, 'before');
-      await this.#o.nft.load(active.safeScript);
-      await this.#verifyKernel(active.safeScript);
-      this.#failsafe = true;
-      await writeFileAtomic(join(this.#o.dir, FILES.failsafe), `${JSON.stringify({ since: this.#clock.now(), reason })}\n`);
-      this.#plan = safePlan;
-      await this.#steer(safePlan, 'after').catch(() => undefined);
-      this.#record('enforce.failsafe', 'success', actor, { version: active.version, reason, entered: true }, undefined);
-      await this.#revokeEstablished(this.#plan, actor);
-      return true;
-    });
+    return this.#serial(() => this.#enterFailsafe(reason, actor));
+  }
+
+  /** Whether the safe flows are in force (fail-safe entered and not left). */
+  get failsafe(): boolean {
+    return this.#failsafe;
+  }
+
+  async #enterFailsafe(reason: string, actor: string): Promise<boolean> {
+    const active = this.#active;
+    if (!active?.safeScript || this.#failsafe) return false;
+    await this.#beforeReplace();
+    await this.#prepareKernel();
+    const safePlan = this.#planFor(this.#activeValidated(), active.version, { safe: true, learn: false });
+    await this.#steer(safePlan, 'before');
+    await this.#o.nft.load(active.safeScript);
+    await this.#verifyKernel(active.safeScript);
+    this.#failsafe = true;
+    await writeFileAtomic(join(this.#o.dir, FILES.failsafe), `${JSON.stringify({ since: this.#clock.now(), reason })}\n`);
+    this.#plan = safePlan;
+    await this.#steer(safePlan, 'after').catch(() => undefined);
+    this.#record('enforce.failsafe', 'success', actor, { version: active.version, reason, entered: true }, undefined);
+    await this.#revokeEstablished(this.#plan, actor);
+    return true;
   }
 
   async leaveFailsafe(reason: string): Promise<boolean> {

@@ -377,3 +377,35 @@ maybe('a rollback on a quarantined gateway is compiled for quarantine, not for t
   t.true(await engInKernel());
   t.is(enforcer.active?.version, 1);
 });
+
+maybe('a trust change while in fail-safe keeps the line on its safe flows, those of the new trust', async (t) => {
+  const ns = await bareNamespace(t);
+  const nft = nftIn(ns);
+  const { enforcer } = await openEnforcer(t, nft, routed);
+  const listing = () => nftText(ns, 'list', 'table', 'inet', 'ward');
+  await enforcer.apply({
+    validated: linePolicy((p) => {
+      p.failMode = { kind: 'safe', afterSeconds: 3600 };
+      p.safe = ['historian-poll', 'mgmt-ssh', 'eng-program'];
+      const eng = (p.flows as { id: string; trust?: string[] }[]).find((f) => f.id === 'eng-program');
+      if (eng) eng.trust = ['active'];
+    }),
+    version: 1,
+    source: 'controller',
+    actor: 'controller',
+  });
+  t.true(await enforcer.enterFailsafe('controller silent'));
+  t.true((await listing()).includes('ward:flow:eng-program'));
+
+  await enforcer.setTrust('quarantined', 'ward-agent', 'lifecycle quarantined at start');
+  t.true(enforcer.failsafe);
+  t.regex((await kernelTag(nft)) ?? '', / safe$/);
+  t.true((await listing()).includes('ward:flow:historian-poll'));
+  t.false((await listing()).includes('ward:flow:eng-program'), 'quarantined: the active-only safe flow is out too');
+  t.is((await enforcer.status()).inKernel, 'yes');
+
+  await enforcer.setTrust('active', 'controller', 'attestation verdict active');
+  t.true(enforcer.failsafe);
+  t.regex((await kernelTag(nft)) ?? '', / safe$/);
+  t.true((await listing()).includes('ward:flow:eng-program'));
+});
