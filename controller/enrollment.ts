@@ -21,7 +21,7 @@ import { claimTopic, enrollTopics } from '../agent/shared/topics.js';
 import { issueClientCert, verifyCsr } from '../agent/shared/x509.js';
 import { mosquittoPasswordHash } from './mosquitto.js';
 import type { DeviceRegistry } from './registry.js';
-import type { ClaimRecord, DeviceIdentityRecord, DeviceRecord, DeviceStore, EnrollmentCode } from './store.js';
+import { type ClaimRecord, type DeviceIdentityRecord, type DeviceRecord, type DeviceStore, type EnrollmentCode, updateDevice } from './store.js';
 
 /**
  * Enrollment on the controller side (DESIGN.md §3 step 3): prints one-time
@@ -288,17 +288,18 @@ export class EnrollmentService {
 
   revoke(deviceId: string, reason: string): Promise<DeviceRecord> {
     return this.#serial(async () => {
-      const record = await this.deps.store.get(deviceId);
-      if (record?.identity === undefined) {
-        throw new WardError(ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, `no enrolled device ${deviceId}`, { details: { deviceId } });
-      }
-      const updated: DeviceRecord = {
-        ...record,
-        online: false,
-        offlineCause: 'revoked',
-        identity: { ...record.identity, status: 'revoked', revokedAt: this.#nowSec(), revokeReason: reason },
-      };
-      await this.deps.store.put(updated);
+      const updated = await updateDevice(this.deps.store, deviceId, (record) => {
+        if (record?.identity === undefined) {
+          throw new WardError(ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, `no enrolled device ${deviceId}`, { details: { deviceId } });
+        }
+        const next: DeviceRecord = {
+          ...record,
+          online: false,
+          offlineCause: 'revoked',
+          identity: { ...record.identity, status: 'revoked', revokedAt: this.#nowSec(), revokeReason: reason },
+        };
+        return { next, result: next };
+      });
       this.deps.registry.untrust(deviceId);
       this.deps.audit.record({
         category: 'access-control',
@@ -306,7 +307,7 @@ export class EnrollmentService {
         action: 'device.revoke',
         target: deviceId,
         outcome: 'success',
-        details: { reason, serials: record.identity.serials },
+        details: { reason, serials: updated.identity?.serials ?? [] },
       });
       // Unlike other changes, a revocation the broker has not taken must not look done to the operator.
       try {
@@ -364,7 +365,7 @@ export class EnrollmentService {
       // The token burns before the answer leaves: a lost answer can be fetched again by the same gateway (same
       // key, same label), never used for a second identity.
       if (!redelivery) await this.deps.store.putCode({ ...code, status: 'used', usedBy: request.sub, usedAt: this.#nowSec() });
-      await this.#storeDevice(request, code, issued, existing);
+      await this.#storeDevice(request, code, issued);
       committed = request;
       this.deps.audit.record({
         category: 'access-control',
@@ -404,7 +405,7 @@ export class EnrollmentService {
       const { identity } = existing;
       const code = { site: identity.site, line: identity.line, cell: identity.cell, codeId: identity.codeId };
       const issued = await this.#issue(request, code);
-      await this.#storeDevice(request, code, issued, existing);
+      await this.#storeDevice(request, code, issued);
       await this.#respond(enrollTopics.renewResponse(deviceId), request, { ok: true, identity: issued.identity });
       this.deps.audit.record({
         category: 'access-control',
@@ -514,26 +515,28 @@ export class EnrollmentService {
     request: EnrollRequestPayload,
     code: { codeId: string; site: string; line: string; cell: string },
     issued: { serial: string; notAfter: number; tlsKeyFingerprint: string },
-    existing: DeviceRecord | undefined,
   ): Promise<void> {
     const nowSec = this.#nowSec();
-    const identity: DeviceIdentityRecord = {
-      status: 'active',
-      site: code.site,
-      line: code.line,
-      cell: code.cell,
-      roles: [...DEVICE_ROLES],
-      enrolledAt: existing?.identity?.enrolledAt ?? nowSec,
-      codeId: code.codeId,
-      certSerial: issued.serial,
-      certNotAfter: issued.notAfter,
-      tlsKeyFingerprint: issued.tlsKeyFingerprint,
-      serials: [...(existing?.identity?.serials ?? []), issued.serial],
-    };
-    const record: DeviceRecord = existing
-      ? { ...existing, identity }
-      : { id: request.sub, publicKey: request.publicKey, kid: keyIdOf(request.publicKey), registeredAt: nowSec, online: false, identity };
-    await this.deps.store.put(record);
+    // Built on the record as stored at the write (state messages update it meanwhile), under the device's lock.
+    const record = await updateDevice(this.deps.store, request.sub, (latest) => {
+      const identity: DeviceIdentityRecord = {
+        status: 'active',
+        site: code.site,
+        line: code.line,
+        cell: code.cell,
+        roles: [...DEVICE_ROLES],
+        enrolledAt: latest?.identity?.enrolledAt ?? nowSec,
+        codeId: code.codeId,
+        certSerial: issued.serial,
+        certNotAfter: issued.notAfter,
+        tlsKeyFingerprint: issued.tlsKeyFingerprint,
+        serials: [...(latest?.identity?.serials ?? []), issued.serial],
+      };
+      const next: DeviceRecord = latest
+        ? { ...latest, identity }
+        : { id: request.sub, publicKey: request.publicKey, kid: keyIdOf(request.publicKey), registeredAt: nowSec, online: false, identity };
+      return { next, result: next };
+    });
     this.deps.registry.trust(record);
   }
 

@@ -5,7 +5,7 @@ import { EnvelopeVerifier, type KeyResolver, MemoryReplayCache, MemoryVersionLed
 import { keyIdOf, publicKeyFromRaw } from '../agent/shared/keys.js';
 import { decodePayload, STATE_TYPE, statePayload } from '../agent/shared/messages.js';
 import { parseDeviceTopic } from '../agent/shared/topics.js';
-import type { DeviceRecord, DeviceStore } from './store.js';
+import { type DeviceRecord, type DeviceStore, updateDevice } from './store.js';
 
 /**
  * The controller's view of its devices: which keys it trusts, and each
@@ -140,12 +140,14 @@ export class DeviceRegistry {
         stream: (p) => `${deviceId}/state${p.cause === 'lwt' ? '/lwt' : ''}`,
       });
       const state = decodePayload(statePayload, verified.payload);
-      const record = await this.store.get(deviceId);
-      if (record === undefined) throw new WardError(ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, `device ${deviceId} has no record`);
-      if (state.cause === 'lwt' && record.session !== undefined && record.session !== state.session) {
-        // A Will from an older connection reaching us after the device reconnected: the device is not offline.
-        event = { deviceId, outcome: 'stale-lwt' };
-      } else {
+      event = await updateDevice(this.store, deviceId, (record) => {
+        if (record === undefined) throw new WardError(ErrorCodes.CONTROLLER_DEVICE_UNKNOWN, `device ${deviceId} has no record`);
+        if (state.cause === 'lwt' && record.session !== undefined && record.session !== state.session) {
+          // A Will from an older connection reaching us after the device reconnected: the device is not offline.
+          return { result: { deviceId, outcome: 'stale-lwt' } as StateEvent };
+        }
+        // Only what a state message says is written; identity and the rest stay as stored now (a revocation made
+        // while this message was verified is kept).
         const { offlineCause: _previousCause, ...current } = record;
         const next: DeviceRecord = {
           ...current,
@@ -160,10 +162,9 @@ export class DeviceRegistry {
           plugins: state.plugins,
           ...(state.online ? {} : { offlineCause: state.cause ?? 'reported' }),
         };
-        await this.store.put(next);
         if (record.online !== next.online) this.log.info({ deviceId, online: next.online, cause: state.cause }, 'device state changed');
-        event = { deviceId, outcome: 'applied' };
-      }
+        return { next, result: { deviceId, outcome: 'applied' } as StateEvent };
+      });
     } catch (err) {
       const code = err instanceof WardError ? err.code : 'WARD_UNEXPECTED';
       const details = err instanceof WardError ? err.details : {};

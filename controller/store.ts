@@ -86,6 +86,41 @@ export interface ClaimRecord {
   readonly exp?: number;
 }
 
+const deviceLocks = new WeakMap<DeviceStore, Map<string, Promise<unknown>>>();
+
+/**
+ * Read-modify-write of one device record, serialised per device across
+ * everything that writes it (the registry's state messages, enrollment,
+ * renewal, revocation): `change` gets the record as stored now, and returns
+ * the one to store, or undefined to store nothing. Without it, a heartbeat
+ * read before a revocation and written after it made the device active again.
+ * Per process: replicas sharing a database need the database's own
+ * transaction.
+ */
+export async function updateDevice<T>(
+  store: DeviceStore,
+  id: string,
+  change: (current: DeviceRecord | undefined) => Promise<{ next?: DeviceRecord; result: T }> | { next?: DeviceRecord; result: T },
+): Promise<T> {
+  let locks = deviceLocks.get(store);
+  if (locks === undefined) {
+    locks = new Map();
+    deviceLocks.set(store, locks);
+  }
+  const previous = locks.get(id) ?? Promise.resolve();
+  const run = previous.then(async () => {
+    const { next, result } = await change(await store.get(id));
+    if (next !== undefined) await store.put(next);
+    return result;
+  });
+  const settled = run.catch(() => undefined);
+  locks.set(id, settled);
+  void settled.then(() => {
+    if (locks.get(id) === settled) locks.delete(id);
+  });
+  return run;
+}
+
 /**
  * Liveness as the controller reports it: a device that said "online" but has
  * been silent for 3 of its own heartbeats is stale, not online.

@@ -5,7 +5,7 @@ import { encodeEnvelope, seal } from '../../agent/shared/envelope.js';
 import { generateSigningKey, type SigningKey } from '../../agent/shared/keys.js';
 import { STATE_TYPE } from '../../agent/shared/messages.js';
 import { DeviceRegistry } from '../../controller/registry.js';
-import { MemoryDeviceStore } from '../../controller/store.js';
+import { MemoryDeviceStore, updateDevice } from '../../controller/store.js';
 
 const silent = { warn() {}, info() {} };
 const clock = new ManualClock(Date.UTC(2026, 10, 25));
@@ -146,4 +146,53 @@ test('each refused state message is an audit event naming the target device and 
       ['request-error', 'unknown', 'link.state', 'gw-1', 'refused', 'WARD_ENVELOPE_NOT_JSON'],
     ],
   );
+});
+
+test('a state message read before a revocation and written after it keeps the revocation (one writer per device at a time)', async (t) => {
+  const { reg, store } = await registry();
+  const enrolled = await store.get('gw-1');
+  if (enrolled === undefined) return t.fail('no record');
+  const identity = {
+    status: 'active' as const,
+    site: 's',
+    line: 'l',
+    cell: 'c',
+    roles: [],
+    enrolledAt: 1,
+    codeId: 'code',
+    certSerial: '01',
+    certNotAfter: 2,
+    tlsKeyFingerprint: 'fp',
+    serials: ['01'],
+  };
+  await store.put({ ...enrolled, identity });
+  // The registry's read is held until the revocation has been asked for.
+  let release: () => void = () => {};
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
+  const get = store.get.bind(store);
+  let held = false;
+  store.get = async (id: string) => {
+    const record = await get(id);
+    if (!held) {
+      held = true;
+      await gate;
+    }
+    return record;
+  };
+  const applying = reg.handleState(TOPIC, state(gw1), false);
+  await new Promise((r) => setImmediate(r));
+  t.true(held, 'the state message is between its read and its write');
+  // What EnrollmentService.revoke writes, through the same per-device update.
+  const revoking = updateDevice(store, 'gw-1', (record) => {
+    const next = record?.identity ? { ...record, online: false, identity: { ...record.identity, status: 'revoked' as const } } : undefined;
+    return next ? { next, result: next } : { result: undefined };
+  });
+  release();
+  t.is((await applying).outcome, 'applied');
+  await revoking;
+  const stored = await store.get('gw-1');
+  t.is(stored?.identity?.status, 'revoked', 'the heartbeat did not make the device active again');
+  t.is(stored?.lifecycle, 'attesting', 'and what the state message said is kept');
 });
