@@ -160,7 +160,17 @@ export class EnforceService {
    * rollback and refused; anything unsigned, forged, for another device or
    * invalid is refused with an audit event, and the policy in force stays.
    */
-  async receive(raw: Buffer): Promise<'applied' | 'unchanged' | 'refused'> {
+  receive(raw: Buffer): Promise<'applied' | 'unchanged' | 'refused'> {
+    // One document at a time, whether it comes from the subscription or from a retry: both read the version floor
+    // and then apply, so two in flight could put the older one in the kernel last.
+    const run = this.#receiveQueue.then(() => this.#receive(raw, false));
+    this.#receiveQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  #receiveQueue: Promise<unknown> = Promise.resolve();
+
+  async #receive(raw: Buffer, retry: boolean): Promise<'applied' | 'unchanged' | 'refused'> {
     const refuse = (code: string | undefined, message: string, category: 'access-control' | 'request-error', details: Record<string, unknown> = {}) => {
       this.#o.log.warn({ code, message }, 'policy refused');
       this.#o.audit.record({
@@ -185,6 +195,10 @@ export class EnforceService {
       return refuse(code, describeError(err), forged ? 'access-control' : 'request-error');
     }
     const accepted = await this.acceptedVersion();
+    // A pending retry of an older or the same document is moot once this one is here.
+    if (!retry && this.#retryVersion !== undefined && this.#retryVersion <= payload.version) this.#cancelRetry();
+    // A retry overtaken by a newer document is dropped quietly: it is not a rollback attempt.
+    if (retry && accepted !== undefined && payload.version <= accepted) return 'unchanged';
     if (accepted !== undefined && payload.version === accepted) return 'unchanged';
     if (accepted !== undefined && payload.version < accepted) {
       return refuse(ErrorCodes.ENVELOPE_ROLLBACK, `policy version ${payload.version} is older than the accepted version ${accepted}`, 'access-control', {
@@ -205,7 +219,7 @@ export class EnforceService {
       this.#o.log.error({ err: describeError(err), version: payload.version }, 'policy not applied');
       if (err instanceof WardError && err.retryable) {
         // A passing failure (a busy or missing tool): try this same document again later, do not write it off.
-        this.#retryLater(raw);
+        this.#retryLater(raw, payload.version);
         return 'refused';
       }
       // A refusal that would repeat (a lockout, a ruleset the kernel refuses) is still the controller's latest
@@ -218,19 +232,32 @@ export class EnforceService {
   }
 
   #retryTimer: NodeJS.Timeout | undefined;
+  #retryVersion: number | undefined;
   #retries = 0;
 
-  #retryLater(raw: Buffer): void {
+  #retryLater(raw: Buffer, version: number): void {
     clearTimeout(this.#retryTimer);
+    this.#retryVersion = undefined;
     if (this.#retries >= 10) return;
     const delay = Math.min(60_000 * 2 ** this.#retries, 3_600_000);
     this.#retries += 1;
+    this.#retryVersion = version;
     this.#retryTimer = setTimeout(() => {
-      void this.receive(raw).then((r) => {
+      this.#retryVersion = undefined;
+      const run = this.#receiveQueue.then(() => this.#receive(raw, true));
+      this.#receiveQueue = run.catch(() => undefined);
+      void run.then((r) => {
         if (r !== 'refused') this.#retries = 0;
       });
     }, delay);
     this.#retryTimer.unref();
+  }
+
+  #cancelRetry(): void {
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#retryVersion = undefined;
+    this.#retries = 0;
   }
 
   /**
