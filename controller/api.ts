@@ -126,7 +126,9 @@ export function createApiServer(backend: ApiBackend): Server {
         }
         const input = parseBody(policyBody, body);
         if (typeof input === 'string') return badRequest(input);
-        return [200, await backend.policy.publish(id as string, input.policy, input.actor ?? 'operator')];
+        const published = await backend.policy.publish(id as string, input.policy, input.actor ?? 'operator');
+        // 202: signed and recorded, not yet taken by the broker; the controller sends it when it is connected again.
+        return [(published as { delivered?: boolean }).delivered === false ? 202 : 200, published];
       },
     },
     {

@@ -258,6 +258,12 @@ export async function startController(deps: ControllerDeps): Promise<Controller>
         onConnected: async ({ protocol }) => {
           log.info({ broker: brokerUrl, protocol, stateFilter }, 'controller connected to broker');
           await telemetryHost.connected().catch((err) => log.warn({ err: describeError(err) }, 'Sparkplug STATE not published'));
+          void policies
+            .redeliver()
+            .then((sent) => {
+              if (sent > 0) log.info({ sent }, 'policies signed while the broker was away are delivered');
+            })
+            .catch((err) => log.warn({ err: describeError(err) }, 'undelivered policies not sent yet'));
         },
         onDisconnected: (reason) => log.warn({ reason }, 'controller lost the broker; reconnecting'),
         onError: (err) => log.warn({ code: err.code, err: err.message }, 'controller MQTT error'),

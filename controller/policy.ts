@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AuditSink } from '../agent/core/audit.js';
 import { type Clock, systemClock } from '../agent/core/clock.js';
@@ -35,6 +35,11 @@ export interface PublishedPolicy {
   readonly publishedAt: number;
   readonly actor: string;
   readonly policy: Record<string, unknown>;
+  /**
+   * False while the broker has not taken it (the controller was not connected, or lost the broker mid-send): it is
+   * sent again, with the same version, when the controller connects. Absent in records from before this field.
+   */
+  readonly delivered?: boolean;
 }
 
 export class PolicyService {
@@ -84,15 +89,6 @@ export class PolicyService {
     const previous = await this.current(deviceId);
     const nowSec = Math.floor(this.#clock.now() / 1000);
     const version = Math.max((previous?.version ?? 0) + 1, nowSec);
-    const envelope = seal(
-      this.#o.key,
-      { typ: POLICY_TYPE, sub: deviceId, policy: validated.policy as unknown as Record<string, unknown> },
-      {
-        ttlSeconds: POLICY_TTL_SECONDS,
-        version,
-        clock: this.#clock,
-      },
-    );
     const record: PublishedPolicy = {
       deviceId,
       version,
@@ -101,24 +97,74 @@ export class PolicyService {
       publishedAt: this.#clock.now(),
       actor,
       policy: validated.policy as unknown as Record<string, unknown>,
+      delivered: false,
     };
     // Recorded before it is sent: a crash in between re-publishes a newer version, never reuses this one.
-    await writeFileAtomic(join(this.#o.dir, `${deviceId}.json`), `${JSON.stringify(record)}\n`);
-    await this.#o.publish(topics.policy(deviceId), encodeEnvelope(envelope), { qos: 1, retain: true });
-    this.#o.audit.record({
-      category: 'configuration-change',
-      actor,
-      action: 'policy.publish',
-      target: deviceId,
-      outcome: 'success',
-      details: {
-        version,
-        digest: validated.digest,
-        name: validated.policy.name,
-        modes: validated.policy.zones.map((z) => `${z.name}:${z.mode ?? validated.policy.mode}`),
-      },
+    await this.#save(record);
+    const details = {
+      version,
+      digest: validated.digest,
+      name: validated.policy.name,
+      modes: validated.policy.zones.map((z) => `${z.name}:${z.mode ?? validated.policy.mode}`),
+    };
+    return this.#deliver(record, actor, details);
+  }
+
+  /**
+   * Sends every policy the broker has not taken yet (on each connection of the controller's session). Until then
+   * the gateway runs its older policy, and attestation expects the newer one (controller/attestation.ts gives a
+   * policy in flight `staleAfterSeconds`): a policy left undelivered would end in a false quarantine.
+   */
+  redeliver(): Promise<number> {
+    const run = this.#queue.then(async () => {
+      let sent = 0;
+      const files = await readdir(this.#o.dir).catch(() => [] as string[]);
+      for (const file of files.filter((f) => f.endsWith('.json'))) {
+        const record = await this.current(file.slice(0, -'.json'.length)).catch(() => undefined);
+        if (record?.delivered !== false) continue;
+        const delivered = await this.#deliver(record, 'controller', { version: record.version, digest: record.digest, name: record.name, redelivery: true });
+        if (delivered.delivered) sent++;
+        else break; // not connected after all: the next connection tries again
+      }
+      return sent;
     });
-    return record;
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #save(record: PublishedPolicy): Promise<void> {
+    await writeFileAtomic(join(this.#o.dir, `${record.deviceId}.json`), `${JSON.stringify(record)}\n`);
+  }
+
+  /** Signs (again, for a redelivery: same version, fresh lifetime) and publishes retained; audits either way. */
+  async #deliver(record: PublishedPolicy, actor: string, details: Record<string, unknown>): Promise<PublishedPolicy> {
+    const envelope = seal(
+      this.#o.key,
+      { typ: POLICY_TYPE, sub: record.deviceId, policy: record.policy },
+      {
+        ttlSeconds: POLICY_TTL_SECONDS,
+        version: record.version,
+        clock: this.#clock,
+      },
+    );
+    try {
+      await this.#o.publish(topics.policy(record.deviceId), encodeEnvelope(envelope), { qos: 1, retain: true });
+    } catch (err) {
+      this.#o.audit.record({
+        category: 'configuration-change',
+        actor,
+        action: 'policy.publish',
+        target: record.deviceId,
+        outcome: 'failure',
+        code: ErrorCodes.CONTROLLER_POLICY_UNDELIVERED,
+        details: { ...details, error: describeError(err), retry: 'when the controller is connected to the broker again' },
+      });
+      return record;
+    }
+    const delivered: PublishedPolicy = { ...record, delivered: true };
+    await this.#save(delivered);
+    this.#o.audit.record({ category: 'configuration-change', actor, action: 'policy.publish', target: record.deviceId, outcome: 'success', details });
+    return delivered;
   }
 }
 

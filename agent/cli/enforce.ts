@@ -195,9 +195,13 @@ export async function policyPush(opts: { api: string; device: string; policy: st
   }).catch((cause: unknown) => {
     throw new WardError(ErrorCodes.LINK_CONNECT_FAILED, `controller API ${opts.api} is not reachable (is the controller running?)`, { cause, retryable: true });
   });
-  const body = (await res.json().catch(() => ({}))) as { version?: number; digest?: string; error?: { code?: string; message?: string } };
+  const body = (await res.json().catch(() => ({}))) as { version?: number; digest?: string; delivered?: boolean; error?: { code?: string; message?: string } };
   if (!res.ok || typeof body.version !== 'number') {
     throw new WardError(ErrorCodes.POLICY_INVALID, `controller refused: ${body.error?.code ?? res.status} ${body.error?.message ?? ''}`.trim());
   }
-  io.out.write(`published policy ${policy.name} version ${body.version} (sha256 ${body.digest}) for ${opts.device}\n`);
+  io.out.write(
+    body.delivered === false
+      ? `signed policy ${policy.name} version ${body.version} (sha256 ${body.digest}) for ${opts.device}; the controller has no broker now and sends it when it is back\n`
+      : `published policy ${policy.name} version ${body.version} (sha256 ${body.digest}) for ${opts.device}\n`,
+  );
 }

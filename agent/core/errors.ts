@@ -79,6 +79,8 @@ export const ErrorCodes = {
   DEV_LISTEN_FAILED: 'WARD_DEV_LISTEN_FAILED',
   CONTROLLER_DEVICE_UNKNOWN: 'WARD_CONTROLLER_DEVICE_UNKNOWN',
   CONTROLLER_BROKER_SYNC_FAILED: 'WARD_CONTROLLER_BROKER_SYNC_FAILED',
+  /** A signed policy the broker has not taken yet: sent again, same version, when the controller reconnects. */
+  CONTROLLER_POLICY_UNDELIVERED: 'WARD_CONTROLLER_POLICY_UNDELIVERED',
   // state files
   STATE_CORRUPT: 'WARD_STATE_CORRUPT',
   // fleet keys and root metadata
