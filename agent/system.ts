@@ -31,6 +31,7 @@ import { IdentityStore, type LoadedIdentity } from './identity/store.js';
 import { readRootFile } from './identity/trust.js';
 import type { Logger } from './log.js';
 import { PluginHost } from './plugins/host.js';
+import type { VerdictParams } from './shared/attest/evidence.js';
 import { RECEIPT_TYPE, signedReceipt } from './shared/audit/event.js';
 import { EnvelopeVerifier, MemoryReplayCache } from './shared/envelope.js';
 import { keyIdOf, publicKeyFromRaw, type SigningKey } from './shared/keys.js';
@@ -354,6 +355,7 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
   const attestations = new WeakMap<ControlLink, AgentAttestation>();
   const publishers = new WeakMap<ControlLink, SparkplugPublisher>();
   let lastVerdictAt = 0;
+  let verdictQueue: Promise<unknown> = Promise.resolve();
   const bootId = deps.bootId ?? readBootIdSync();
   const tpm = deps.tpm === null ? undefined : (deps.tpm ?? tpmFor(config.attestation.tpm, board, join(config.stateDir, 'tpm')));
   const linkFor = (id: LoadedIdentity) =>
@@ -468,27 +470,33 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       audit,
       claims: () => ({ bootId, wardVersion: WARD_VERSION, lifecycle: lifecycle.state }),
       publish: (t, p, o) => link.publish(t, p, o),
-      onVerdict: async (v) => {
-        // Verdicts can cross on the wire (a re-sent one after a newer one): only a newer verdict counts.
-        if (v.verifiedAt < lastVerdictAt) return lifecycle.state;
-        lastVerdictAt = v.verifiedAt;
-        // Out of quarantine only through an operator's approval at the controller, which ends in a passing verdict.
-        if (v.state === 'active' && lifecycle.state === 'quarantined') await advance('reattest', 'controller: measurements approved');
-        const event: LifecycleEvent =
-          v.state === 'active'
-            ? lifecycle.state === 'degraded'
-              ? 'recovered'
-              : 'attest-pass'
-            : v.state === 'degraded'
-              ? 'attest-stale'
-              : v.state === 'quarantined'
-                ? 'attest-fail'
-                : 'reattest';
-        await advance(event, `controller verdict ${v.state}${v.reasons.length > 0 ? `: ${v.reasons.join('; ')}` : ''}`);
-        await followTrust('controller', `attestation verdict ${v.state}`);
-        return lifecycle.state;
+      // One verdict at a time (RPC handlers run concurrently): each is judged on the lifecycle the one before left.
+      onVerdict: (v) => {
+        const run = verdictQueue.then(() => handleVerdict(v));
+        verdictQueue = run.catch(() => undefined);
+        return run;
       },
     });
+    const handleVerdict = async (v: VerdictParams) => {
+      // Verdicts can cross on the wire (a re-sent one after a newer one): only a newer verdict counts.
+      if (v.verifiedAt < lastVerdictAt) return lifecycle.state;
+      lastVerdictAt = v.verifiedAt;
+      // Out of quarantine only through an operator's approval at the controller, which ends in a passing verdict.
+      if (v.state === 'active' && lifecycle.state === 'quarantined') await advance('reattest', 'controller: measurements approved');
+      const event: LifecycleEvent =
+        v.state === 'active'
+          ? lifecycle.state === 'degraded'
+            ? 'recovered'
+            : 'attest-pass'
+          : v.state === 'degraded'
+            ? 'attest-stale'
+            : v.state === 'quarantined'
+              ? 'attest-fail'
+              : 'reattest';
+      await advance(event, `controller verdict ${v.state}${v.reasons.length > 0 ? `: ${v.reasons.join('; ')}` : ''}`);
+      await followTrust('controller', `attestation verdict ${v.state}`);
+      return lifecycle.state;
+    };
     attestation.register(rpc);
     attestations.set(controlLink, attestation);
     if (telemetry) {
