@@ -327,29 +327,34 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
     }
   };
   // Fail mode (policy failMode: safe): a controller silent for too long gets the line onto its safe flows.
+  let disconnectedAt: number | undefined;
   const watchController = (connected: boolean) => {
     clearTimeout(failsafeTimer);
     failsafeTimer = undefined;
     if (connected) {
+      disconnectedAt = undefined;
       void enforce.enforcer.leaveFailsafe('controller reachable again').catch((err) => logger.error({ err: describeError(err) }, 'leaving fail-safe failed'));
       return;
     }
-    const failMode = (enforce.enforcer.active?.policy as { failMode?: { kind?: string; afterSeconds?: number } } | undefined)?.failMode;
-    if (failMode?.kind !== 'safe') return;
-    // Node's timers overflow past 2^31-1 ms (24.8 days) and would fire at once: wait in steps up to the deadline.
-    const deadline = clock.now() + (failMode.afterSeconds ?? 86_400) * 1000;
-    const arm = () => {
-      const left = deadline - clock.now();
+    disconnectedAt ??= clock.now();
+    const since = disconnectedAt;
+    // The policy's fail mode is read at each check, not once at the disconnect: a first policy still being applied
+    // then, or one applied on the gateway during the outage, counts from the start of the outage.
+    const check = () => {
+      const failMode = (enforce.enforcer.active?.policy as { failMode?: { kind?: string; afterSeconds?: number } } | undefined)?.failMode;
+      const afterSeconds = failMode?.afterSeconds ?? 86_400;
+      const left = failMode?.kind === 'safe' ? since + afterSeconds * 1000 - clock.now() : Number.POSITIVE_INFINITY;
       if (left > 0) {
-        failsafeTimer = setTimeout(arm, Math.min(left, 86_400_000));
+        // In steps (Node's timers overflow past 2^31-1 ms), looking at the policy and the clock again every 5 s.
+        failsafeTimer = setTimeout(check, Math.min(left, 5_000));
         failsafeTimer.unref();
         return;
       }
       void enforce.enforcer
-        .enterFailsafe(`controller unreachable for ${failMode.afterSeconds} s`)
+        .enterFailsafe(`controller unreachable for ${afterSeconds} s`)
         .catch((err) => logger.error({ err: describeError(err) }, 'entering fail-safe failed'));
     };
-    arm();
+    check();
   };
   const shippers = new WeakMap<ControlLink, AuditShipper>();
   const attestations = new WeakMap<ControlLink, AgentAttestation>();
