@@ -1,17 +1,12 @@
 import { readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import test from 'ava';
 import YAML from 'yaml';
-import { validateConfig } from '../../agent/config/load.js';
-import { agentConfigSchema } from '../../agent/config/schema.js';
 import { MemoryAuditSink } from '../../agent/core/audit.js';
-import { buildAgent } from '../../agent/system.js';
 import type { AttestationRecord } from '../../controller/attestation.js';
-import { builtinPlugins } from '../../plugins/index.js';
 import { LINE_POLICY, nftText } from '../helpers/enforce.js';
 import { waitFor } from '../helpers/net.js';
 import { createTopology, netnsUnavailable } from '../helpers/netns.js';
-import { getJson, makeDevice, startTestController, testLogger } from '../helpers/stack.js';
+import { getJson, makeDevice, startEnforcingAgent, startTestController } from '../helpers/stack.js';
 
 /**
  * Issue 7's "done when": change one byte of the agent's config on disk and,
@@ -46,29 +41,13 @@ maybe('one byte of the config changed: quarantined with the reason, writes drop 
   policy.failMode = { kind: 'safe', afterSeconds: 3600 };
   policy.safe = ['historian-poll', 'mgmt-ssh'];
 
-  const configFile = join(device.stateDir, '..', 'agent.yaml');
-  const configData = {
-    deviceId: device.id,
-    stateDir: device.stateDir,
-    controller: { publicKey: controller.publicKey },
-    mqtt: { url: controller.brokerUrl, reconnect: { baseMs: 100, capMs: 1_000 }, connectTimeoutMs: 5_000 },
-    hardware: { statusLed: 'none', watchdog: 'none' },
-    state: { heartbeatSeconds: 60 },
-    attestation: { tpm: 'off' },
-    enforce: { netns: topo.gw, interfaces: { UPLINK: topo.ports.UPLINK, PLC1: topo.ports.PLC1, PLC2: topo.ports.PLC2 } },
-  };
-  await writeFile(configFile, YAML.stringify(configData));
   const agentAudit = new MemoryAuditSink();
-  const agent = await buildAgent({
-    config: validateConfig(configData, configFile, agentConfigSchema),
-    configFile,
-    logger: testLogger(),
-    plugins: builtinPlugins,
+  const { agent, configFile } = await startEnforcingAgent(t, {
+    device,
+    controller,
+    enforce: { netns: topo.gw, interfaces: { UPLINK: topo.ports.UPLINK, PLC1: topo.ports.PLC1, PLC2: topo.ports.PLC2 } },
     audit: agentAudit,
   });
-  t.teardown(() => agent.stop());
-  await agent.start();
-  await waitFor('agent connected', () => agent.link?.connected);
   const put = await getJson<{ version: number }>(`${controller.apiUrl}/api/devices/${device.id}/policy`, {
     method: 'PUT',
     headers: { 'content-type': 'application/json' },

@@ -1,16 +1,11 @@
-import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'ava';
 import YAML from 'yaml';
-import { validateConfig } from '../../agent/config/load.js';
-import { agentConfigSchema } from '../../agent/config/schema.js';
 import { MemoryAuditSink } from '../../agent/core/audit.js';
-import { buildAgent } from '../../agent/system.js';
-import { builtinPlugins } from '../../plugins/index.js';
 import { bareNamespace, LINE_POLICY, nftText } from '../helpers/enforce.js';
 import { freePort, waitFor } from '../helpers/net.js';
 import { netnsUnavailable } from '../helpers/netns.js';
-import { getJson, makeDevice, startTestController, testLogger } from '../helpers/stack.js';
+import { getJson, makeDevice, startEnforcingAgent, startTestController } from '../helpers/stack.js';
 
 /**
  * Fail mode `safe` through the whole agent: a controller silent for `afterSeconds` puts the line on its safe flows
@@ -32,33 +27,17 @@ maybe('a controller silent past afterSeconds puts the line on its safe flows; it
   const policy = YAML.parse(LINE_POLICY) as Record<string, unknown>;
   policy.failMode = { kind: 'safe', afterSeconds: 60 };
   policy.safe = ['historian-poll', 'mgmt-ssh'];
-  const configFile = join(device.stateDir, '..', 'agent.yaml');
-  const configData = {
-    deviceId: device.id,
-    stateDir: device.stateDir,
-    controller: { publicKey: first.publicKey },
-    mqtt: { url: first.brokerUrl, reconnect: { baseMs: 100, capMs: 500 }, connectTimeoutMs: 2_000 },
-    hardware: { statusLed: 'none', watchdog: 'none' },
-    state: { heartbeatSeconds: 60 },
-    attestation: { tpm: 'off' },
-    enforce: { netns: ns, interfaces: { UPLINK: 'up0', PLC1: 'p1', PLC2: 'p2' } },
-  };
-  await writeFile(configFile, YAML.stringify(configData));
   const audit = new MemoryAuditSink();
   // The shortest fail-safe delay a policy may set is 60 s: the agent's clock is moved 57 s forward when the controller
   // goes away instead of waiting (well inside the 120 s skew signed messages allow).
   let skewMs = 0;
-  const agent = await buildAgent({
-    clock: { now: () => Date.now() + skewMs, monotonic: () => performance.now() + skewMs },
-    config: validateConfig(configData, configFile, agentConfigSchema),
-    configFile,
-    logger: testLogger(),
-    plugins: builtinPlugins,
+  const { agent } = await startEnforcingAgent(t, {
+    device,
+    controller: first,
+    enforce: { netns: ns, interfaces: { UPLINK: 'up0', PLC1: 'p1', PLC2: 'p2' } },
     audit,
+    clock: { now: () => Date.now() + skewMs, monotonic: () => performance.now() + skewMs },
   });
-  t.teardown(() => agent.stop());
-  await agent.start();
-  await waitFor('agent connected', () => agent.link?.connected);
   const put = await getJson<{ version: number }>(`${first.apiUrl}/api/devices/${device.id}/policy`, {
     method: 'PUT',
     headers: { 'content-type': 'application/json' },

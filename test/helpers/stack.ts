@@ -6,13 +6,17 @@ import type { ExecutionContext } from 'ava';
 import { pino } from 'pino';
 import YAML from 'yaml';
 import { validateConfig } from '../../agent/config/load.js';
-import type { AgentConfigInput } from '../../agent/config/schema.js';
+import { type AgentConfigInput, agentConfigSchema } from '../../agent/config/schema.js';
 import type { AuditSink } from '../../agent/core/audit.js';
+import type { Clock } from '../../agent/core/clock.js';
 import { loadOrCreateSigningKey } from '../../agent/identity/keystore.js';
 import type { SigningKey } from '../../agent/shared/keys.js';
+import { type Agent, buildAgent } from '../../agent/system.js';
 import { type ControllerConfigInput, controllerConfigSchema } from '../../controller/config.js';
 import { type Controller, startController } from '../../controller/controller.js';
 import type { DeviceStore } from '../../controller/store.js';
+import { builtinPlugins } from '../../plugins/index.js';
+import { waitFor } from './net.js';
 import { tempDir } from './tmp.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -176,4 +180,45 @@ export function nextAppliedState(
       });
     });
   });
+}
+
+/**
+ * An agent in this process with its real control link and enforcement in a namespace of the test's own (for tests
+ * that read the enforcer and lifecycle directly); software attestation. Started, connected, stopped at teardown.
+ */
+export async function startEnforcingAgent(
+  t: ExecutionContext,
+  options: {
+    device: TestDevice;
+    controller: { publicKey: string; brokerUrl: string };
+    enforce: { netns: string; interfaces: Record<string, string> };
+    audit: AuditSink;
+    clock?: Clock;
+  },
+): Promise<{ agent: Agent; configFile: string }> {
+  const { device, controller } = options;
+  const configFile = join(device.stateDir, '..', 'agent.yaml');
+  const configData = {
+    deviceId: device.id,
+    stateDir: device.stateDir,
+    controller: { publicKey: controller.publicKey },
+    mqtt: { url: controller.brokerUrl, reconnect: { baseMs: 100, capMs: 1_000 }, connectTimeoutMs: 5_000 },
+    hardware: { statusLed: 'none', watchdog: 'none' },
+    state: { heartbeatSeconds: 60 },
+    attestation: { tpm: 'off' },
+    enforce: options.enforce,
+  };
+  await writeFile(configFile, YAML.stringify(configData));
+  const agent = await buildAgent({
+    config: validateConfig(configData, configFile, agentConfigSchema),
+    configFile,
+    logger: testLogger(),
+    plugins: builtinPlugins,
+    audit: options.audit,
+    ...(options.clock ? { clock: options.clock } : {}),
+  });
+  t.teardown(() => agent.stop());
+  await agent.start();
+  await waitFor('agent connected', () => agent.link?.connected);
+  return { agent, configFile };
 }
