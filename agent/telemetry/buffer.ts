@@ -73,6 +73,8 @@ export class TelemetryBuffer {
   #dropped: number;
   #gap: { points: number; batches: number; from: number; to: number } | undefined;
   #evictingSince: number | undefined;
+  #sending = new Set<string>();
+  #evictedWhileSending: IndexEntry[] = [];
   #closed = false;
   /** The last buffered point of every metric, by device ('' for the node): births must declare them all. */
   readonly #known = new Map<string, Map<string, MetricPoint>>();
@@ -173,8 +175,27 @@ export class TelemetryBuffer {
     await this.#writes;
   }
 
+  /**
+   * The replay has handed these batches (the oldest) to the connection. Evicted while they are on their way, they
+   * are not counted lost, unless the sending fails (release).
+   */
+  sending(keys: readonly string[]): void {
+    this.#sending = new Set(keys);
+    this.#evictedWhileSending = [];
+  }
+
+  /** The sending failed: batches evicted meanwhile are lost after all. */
+  release(): void {
+    const lost = this.#evictedWhileSending;
+    this.#sending = new Set();
+    this.#evictedWhileSending = [];
+    if (lost.length > 0) this.#lose(lost, []);
+  }
+
   /** Removes delivered batches (only ever the oldest ones, in order). */
   async remove(keys: readonly string[]): Promise<void> {
+    this.#sending = new Set();
+    this.#evictedWhileSending = [];
     const gone = new Set(keys);
     while (this.#head < this.#index.length && gone.has((this.#index[this.#head] as IndexEntry).key)) this.#shift();
     this.#compact();
@@ -254,11 +275,13 @@ export class TelemetryBuffer {
     while (this.#bytes > this.#options.maxBytes && this.depth > 1) evicted.push(this.#shift());
     this.#compact();
     if (evicted.length === 0) return;
+    const lost = evicted.filter((e) => !this.#sending.has(e.key));
+    this.#evictedWhileSending.push(...evicted.filter((e) => this.#sending.has(e.key)));
     this.#lose(
-      evicted,
+      lost,
       evicted.map((e) => e.key),
     );
-    if (this.#evictingSince === undefined) {
+    if (lost.length > 0 && this.#evictingSince === undefined) {
       // Once per outage: the count and span go out with the gap event on reconnect.
       this.#evictingSince = (evicted[0] as IndexEntry).from;
       this.#options.log.warn({ maxBytes: this.#options.maxBytes }, 'telemetry buffer full: evicting the oldest data');

@@ -314,7 +314,13 @@ export class SparkplugPublisher {
         sends.push(this.#send(this.#node.data(batch.device, batch.points, { historical: true }), true));
         sent.push(key);
       }
-      await Promise.all(sends);
+      this.#d.buffer.sending(sent);
+      try {
+        await Promise.all(sends);
+      } catch (err) {
+        this.#d.buffer.release();
+        throw err;
+      }
       if (sent.length > 0) await this.#d.buffer.remove(sent);
       if (unsendable.length > 0) {
         this.#d.log.warn({ batches: unsendable.length }, 'buffered telemetry that cannot be sent was dropped (a failed write or an undeclared metric)');

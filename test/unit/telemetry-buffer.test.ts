@@ -62,3 +62,29 @@ test('an unreadable store is moved aside and the buffer starts empty, saying so 
   second.buffer.append({ points: [point(2)] });
   t.is((await second.buffer.peek(1))[0]?.batch?.points[0]?.value, 2);
 });
+
+test('batches evicted while the replay is sending them are not counted lost, unless the sending fails', async (t) => {
+  const dir = join(await tempDir(t), 'telemetry');
+  const { buffer, events } = await open(dir, 4096);
+  t.teardown(() => buffer.close());
+  for (let i = 0; i < 8; i++) buffer.append({ device: 'cnc-1', points: [point(i)] });
+  t.is(buffer.dropped, 0, 'within the bound so far');
+  const onTheWay = await buffer.peek(4);
+  buffer.sending(onTheWay.map((e) => e.key));
+  // Live data keeps coming while they are on their way: the bound evicts from the oldest, which are being sent.
+  let i = 10;
+  while (buffer.dropped === 0 && (await buffer.peek(1))[0]?.key === onTheWay[0]?.key && i < 200) buffer.append({ device: 'cnc-1', points: [point(i++)] });
+  t.not((await buffer.peek(1))[0]?.key, onTheWay[0]?.key, 'the batches on their way were evicted');
+  t.is(buffer.dropped, 0, 'not lost: they were handed to the connection');
+  t.false(events.some((e) => e.action === 'telemetry.buffer-full'));
+  await buffer.remove(onTheWay.map((e) => e.key));
+  t.is(buffer.takeGap(), undefined);
+
+  // The same, but the sending fails: what was evicted meanwhile is lost after all, and counted.
+  const next = await buffer.peek(4);
+  buffer.sending(next.map((e) => e.key));
+  while ((await buffer.peek(1))[0]?.key === next[0]?.key && i < 400) buffer.append({ device: 'cnc-1', points: [point(i++)] });
+  buffer.release();
+  t.true(buffer.dropped > 0 && buffer.dropped <= next.length, `${buffer.dropped} counted`);
+  t.is(buffer.takeGap()?.points, buffer.dropped);
+});
