@@ -783,12 +783,15 @@ export async function buildAgent(deps: AgentDeps): Promise<Agent> {
       } else if (lifecycle.state !== 'unprovisioned') {
         await advance('factory-reset', `no identity in ${identityStore.dir}`);
       }
+      // First the local socket (answering "starting"), so that `ward enforce` run meanwhile does not act on the kernel
+      // beside the agent.
+      await local.start().catch((err) => logger.warn({ err: describeError(err) }, 'local control socket not available; ward enforce acts directly'));
       // Before the link: the kernel rules must be back in force before anything else happens after a reboot.
       await enforce.start();
       // The lifecycle is saved before the kernel follows it: after a crash in between, or a re-apply that failed,
       // the stored ruleset was compiled for another trust than the gateway is in.
       await followTrust('ward-agent', `lifecycle ${lifecycle.state} at start`);
-      await local.start().catch((err) => logger.warn({ err: describeError(err) }, 'local control socket not available; ward enforce acts directly'));
+      local.ready();
       await plugins.start();
       // The kernel may already redirect flows to protocol proxies (restored above); now they can listen.
       await enforce.enforcer

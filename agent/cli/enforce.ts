@@ -40,7 +40,19 @@ export function operatorName(explicit?: string): string {
 
 async function run(configFile: string, method: Method, params: Record<string, unknown>): Promise<unknown> {
   const config = await loadConfigFile(configFile, agentConfigSchema);
-  const viaAgent = await callLocal(join(config.stateDir, 'agent.sock'), method, params);
+  const socket = join(config.stateDir, 'agent.sock');
+  // An agent still restoring its rules answers "starting": wait for it (bounded) rather than act beside it.
+  const deadline = Date.now() + 60_000;
+  let viaAgent: unknown;
+  for (;;) {
+    try {
+      viaAgent = await callLocal(socket, method, params);
+      break;
+    } catch (err) {
+      if (!(err instanceof WardError && err.code === ErrorCodes.LOCAL_AGENT_STARTING) || Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 1_000));
+    }
+  }
   if (viaAgent !== undefined) return viaAgent;
   return withDirectService<unknown>(config, (svc): Promise<unknown> => {
     const actor = String(params.actor ?? 'operator');

@@ -26,6 +26,7 @@ const MAX_LINE = 16 * 1024 * 1024;
 export class LocalControl {
   readonly #o: LocalControlOptions;
   #server: Server | undefined;
+  #ready = false;
 
   constructor(options: LocalControlOptions) {
     this.#o = options;
@@ -80,12 +81,20 @@ export class LocalControl {
     }
   }
 
+  /**
+   * The socket is up from the agent's first steps, so `ward enforce` never takes it for absent and acts on the kernel
+   * beside the agent; until this is called (rules restored, trust followed), requests are answered "starting".
+   */
+  ready(): void {
+    this.#ready = true;
+  }
+
   async #dispatch(method: string, p: Params): Promise<unknown> {
     const e = this.#o.enforce;
     const actor = typeof p.actor === 'string' && p.actor.length > 0 ? p.actor.slice(0, 64) : 'operator';
+    if (method === 'ping') return { pong: true };
+    if (!this.#ready) throw new WardError(ErrorCodes.LOCAL_AGENT_STARTING, 'the agent is starting (restoring its rules): retry in a few seconds');
     switch (method) {
-      case 'ping':
-        return { pong: true };
       case 'attest.show':
       case 'attest.now': {
         const a = this.#o.attestation?.();

@@ -66,6 +66,8 @@ export const ErrorCodes = {
   RPC_TIMEOUT: 'WARD_RPC_TIMEOUT',
   RPC_REMOTE_ERROR: 'WARD_RPC_REMOTE_ERROR',
   RPC_UNKNOWN_METHOD: 'WARD_RPC_UNKNOWN_METHOD',
+  /** The agent's local socket is up but it is still restoring its rules: retry (the CLI does, briefly). */
+  LOCAL_AGENT_STARTING: 'WARD_LOCAL_AGENT_STARTING',
   // plugins
   PLUGIN_UNKNOWN: 'WARD_PLUGIN_UNKNOWN',
   PLUGIN_API_MISMATCH: 'WARD_PLUGIN_API_MISMATCH',
